@@ -1,0 +1,73 @@
+"""The contract every algorithm fulfils, and how a meta-batch of tasks is run."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch.func import vmap
+
+from metafew.functional import Params
+from metafew.tasks import Episode, stack_episodes
+
+TaskFn = Callable[..., tuple[torch.Tensor, torch.Tensor]]
+"""task_fn(params, support_x, support_y, query_x, query_y) -> (query loss, query accuracy)."""
+
+
+@dataclass(frozen=True)
+class MetaStep:
+    """The result of one meta-batch: gradients of the mean task loss w.r.t. the parameters,
+    and per-task query losses and accuracies ([tasks] each, detached)."""
+
+    grads: Params
+    losses: torch.Tensor
+    accuracies: torch.Tensor
+
+
+class Algorithm(Protocol):
+    """A meta-learning algorithm: produces meta-gradients; the engine owns the outer optimizer."""
+
+    def meta_gradients(self, params: Params, episodes: list[Episode]) -> MetaStep:
+        """Gradients of the meta-batch's mean query loss w.r.t. `params`."""
+        ...
+
+    def adapt(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        steps: int,
+        lr: float,
+    ) -> Params:
+        """Task-specific parameters from the support set (no outer graph needed)."""
+        ...
+
+
+def mean_task_gradients(
+    task_fn: TaskFn, params: Params, episodes: list[Episode], batching: str, chunk_size: int
+) -> MetaStep:
+    """Run `task_fn` on every episode and differentiate the mean query loss.
+
+    batching "loop" runs one task at a time and frees its graph before the next (least memory);
+    "vmap" runs `chunk_size` tasks per vectorized call (0: all at once). The gradients are the
+    same either way: each chunk contributes sum(its losses) / tasks.
+    """
+    leaves = list(params.values())
+    step = 1 if batching == "loop" else (chunk_size or len(episodes))
+    grads: list[torch.Tensor] | None = None
+    losses, accuracies = [], []
+    for start in range(0, len(episodes), step):
+        chunk = episodes[start : start + step]
+        if batching == "loop":
+            loss, acc = task_fn(params, *chunk[0].as_tuple())
+            loss, acc = loss[None], acc[None]
+        else:
+            loss, acc = vmap(task_fn, in_dims=(None, 0, 0, 0, 0))(params, *stack_episodes(chunk))
+        part = torch.autograd.grad(loss.sum() / len(episodes), leaves)
+        grads = list(part) if grads is None else [g + p for g, p in zip(grads, part)]
+        losses.append(loss.detach())
+        accuracies.append(acc.detach())
+    assert grads is not None  # episodes is never empty: meta_batch_size >= 1
+    return MetaStep(dict(zip(params, grads)), torch.cat(losses), torch.cat(accuracies))

@@ -1,0 +1,452 @@
+"""The `metafew` command line: parse -> load config -> call the engine -> report.
+
+User errors (metafew.errors) become one line on stderr and the documented exit code; see
+`metafew exit-codes`.
+"""
+
+from __future__ import annotations
+
+import csv
+import signal
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+
+from metafew import engine
+from metafew.config import (
+    Config,
+    describe_keys,
+    dump_yaml,
+    from_dict,
+    load_config,
+    merge,
+    parse_overrides,
+    to_dict,
+)
+from metafew.data import UnlabeledImages, load_class_folders, load_data, load_unlabeled
+from metafew.errors import EXIT_CODES, ConfigError, MetafewError, RunError
+from metafew.runs import (
+    create_run,
+    list_runs,
+    load_checkpoint,
+    load_run_config,
+    new_file,
+    new_folder,
+    resolve_run,
+    save_checkpoint,
+    write_json,
+)
+from metafew.tasks import EpisodeSampler
+
+app = typer.Typer(
+    help="Few-shot meta-learning on images: meta-train, fine-tune, predict, evaluate.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console(soft_wrap=True, markup=False, highlight=False)
+err = Console(stderr=True, soft_wrap=True)
+
+Overrides = Annotated[
+    list[str] | None, typer.Argument(help="dotted overrides, e.g. task.shots=1 train.outer_lr=1e-3")
+]
+RESUMABLE_KEYS = {
+    "train.iterations",
+    "train.device",
+    "train.threads",
+    "train.log_every",
+    "train.checkpoint_every",
+}
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Turn a MetafewError into one line on stderr and its exit code."""
+    try:
+        yield
+    except MetafewError as exc:
+        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(exc.exit_code) from None
+
+
+class _StopFlag:
+    """Set by SIGINT/SIGTERM/SIGUSR1 so that training stops after the current step."""
+
+    def __init__(self) -> None:
+        self.raised = False
+        for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), self._set)
+
+    def _set(self, signum: int, frame: Any) -> None:
+        self.raised = True
+
+    def __call__(self) -> bool:
+        return self.raised
+
+
+def _progress_reporter(total: int, start: int) -> tuple[Progress | None, engine.Progress]:
+    """A rich progress bar on a terminal; plain log lines elsewhere (cluster job logs)."""
+    if not console.is_terminal:
+
+        def log(done: int, total: int, record: dict[str, float]) -> None:
+            if "val_accuracy" in record or done == total or done % 50 == 0:
+                console.print(_format_record(done, total, record), highlight=False)
+
+        return None, log
+    bar = Progress(
+        TextColumn("[bold]meta-train"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[metrics]}"),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        console=console,
+    )
+    task = bar.add_task("train", total=total, completed=start, metrics="")
+
+    def update(done: int, total: int, record: dict[str, float]) -> None:
+        bar.update(task, completed=done, metrics=_format_record(done, total, record, short=True))
+
+    return bar, update
+
+
+def _format_record(done: int, total: int, record: dict[str, float], short: bool = False) -> str:
+    text = f"loss {record['loss']:.3f} acc {100 * record['accuracy']:.1f}%"
+    if "val_accuracy" in record:
+        text += f" val {100 * record['val_accuracy']:.1f}±{100 * record['val_ci95']:.1f}%"
+    return text if short else f"iter {done}/{total} {text} ({record['tasks_per_s']:.1f} tasks/s)"
+
+
+def _setup_threads(cfg: Config) -> None:
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+
+
+def _resume_config(run: Path, config: Path | None, overrides: list[str]) -> Config:
+    """The run's saved config, with only RESUMABLE_KEYS allowed to change."""
+    saved = load_run_config(run)
+    if config is None and not overrides:
+        return saved
+    base = to_dict(saved) if config is None else to_dict(load_config(config))
+    wanted = from_dict(merge(base, parse_overrides(overrides)))
+    diff = _diff(to_dict(saved), to_dict(wanted))
+    blocked = [d for d in diff if d[0] not in RESUMABLE_KEYS]
+    if blocked:
+        key, old, new = blocked[0]
+        raise ConfigError(
+            f"--resume with a changed config: {key} was {old!r}, now {new!r}; "
+            f"only {', '.join(sorted(RESUMABLE_KEYS))} may change (start a new run instead)"
+        )
+    return wanted
+
+
+def _diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
+    out = []
+    for key in a:
+        if isinstance(a[key], dict):
+            out.extend(_diff(a[key], b[key], f"{prefix}{key}."))
+        elif a[key] != b[key]:
+            out.append((prefix + key, a[key], b[key]))
+    return out
+
+
+@app.command()
+def train(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML experiment config")] = None,
+    overrides: Overrides = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="continue this run folder exactly where it stopped")
+    ] = None,
+) -> None:
+    """Meta-train M_meta; writes a new run folder under train.runs_dir."""
+    with user_errors():
+        if resume is not None:
+            run = resolve_run(resume)
+            cfg = _resume_config(run, config, overrides or [])
+            state = load_checkpoint(run / "checkpoints" / "last.pt")
+            (run / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
+        else:
+            cfg = load_config(config, overrides or [])
+            state = None
+        _setup_threads(cfg)
+        device = engine.resolve_device(cfg.train.device)
+        data = load_data(cfg.data)
+        if resume is None:
+            run = create_run(cfg, str(device))
+        console.print(f"run folder: {run}", highlight=False)
+        bar, report = _progress_reporter(cfg.train.iterations, state["iteration"] if state else 0)
+        started = time.perf_counter()
+        if bar is not None:
+            with bar:
+                result = engine.train(cfg, data, run, state, report, _StopFlag())
+        else:
+            result = engine.train(cfg, data, run, state, report, _StopFlag())
+        best = (
+            "n/a"
+            if result.best_accuracy is None
+            else f"{100 * result.best_accuracy:.2f}% at {result.best_iteration}"
+        )
+        console.print(
+            f"done: {result.iteration} iterations in {time.perf_counter() - started:.0f}s; "
+            f"best validation {best}",
+            highlight=False,
+        )
+        console.print(f"next: metafew finetune {run}", highlight=False)
+
+
+def _meta_learner(run: Path, cfg: Config, checkpoint: str) -> tuple[engine.Learner, dict[str, Any]]:
+    state = load_checkpoint(run / "checkpoints" / f"{checkpoint}.pt")
+    learner = engine.build_learner(cfg, engine.resolve_device(cfg.train.device))
+    engine.load_params(learner, state["params"])
+    return learner, state
+
+
+def _run_config(run: Path, overrides: list[str], allowed: tuple[str, ...]) -> Config:
+    """The run's config with overrides restricted to the sections in `allowed`."""
+    extra = parse_overrides(overrides)
+    for section in extra:
+        if section not in allowed:
+            raise ConfigError(
+                f"override {section}.*: this command only accepts "
+                f"{', '.join(s + '.*' for s in allowed)} overrides"
+            )
+    return from_dict(merge(to_dict(load_run_config(run)), extra))
+
+
+@app.command()
+def finetune(
+    run: Annotated[Path, typer.Argument(help="meta-training run folder")],
+    labeled: Annotated[
+        Path | None,
+        typer.Option(help="folder of <class>/*.png (default: the dataset's novel classes)"),
+    ] = None,
+    checkpoint: Annotated[str, typer.Option(help="best or last")] = "best",
+    overrides: Overrides = None,
+) -> None:
+    """Adapt M_meta to the labeled novel pictures; writes M_finetune under <run>/finetune/."""
+    with user_errors():
+        run = resolve_run(run)
+        cfg = _run_config(run, overrides or [], ("finetune", "train"))
+        _setup_threads(cfg)
+        novel = (
+            load_class_folders(labeled, cfg.data.image_size, cfg.data.channels)
+            if labeled
+            else load_data(cfg.data).novel
+        )
+        learner, state = _meta_learner(run, cfg, _checkpoint_name(checkpoint))
+        model = engine.finetune(cfg, learner, novel)
+        probs = engine.predict_proba(learner, model, novel.images)
+        train_acc = float((probs.argmax(-1) == novel.labels).float().mean())
+        out = new_folder(run / "finetune")
+        save_checkpoint(out / "model.pt", model.state(to_dict(cfg)))
+        write_json(
+            out / "finetune.json",
+            {
+                "run": str(run),
+                "checkpoint": checkpoint,
+                "meta_iteration": state["iteration"],
+                "labeled": str(labeled) if labeled else f"dataset:{cfg.data.dataset}",
+                "classes": model.classes,
+                "images": len(novel.labels),
+                "labeled_accuracy": train_acc,
+                "steps": cfg.finetune.steps,
+                "lr": cfg.finetune.lr,
+            },
+        )
+        console.print(
+            f"M_finetune: {out} ({len(novel.labels)} labeled pictures, "
+            f"{', '.join(model.classes)}; accuracy on them {100 * train_acc:.1f}%)",
+            highlight=False,
+        )
+        console.print(f"next: metafew predict {out} <folder of unlabeled pictures>", highlight=False)
+
+
+def _checkpoint_name(name: str) -> str:
+    if name not in ("best", "last"):
+        raise ConfigError(f"--checkpoint {name!r}: must be best or last")
+    return name
+
+
+@app.command()
+def predict(
+    model_dir: Annotated[Path, typer.Argument(help="fine-tuned model folder (<run>/finetune/<id>)")],
+    folder: Annotated[Path | None, typer.Argument(help="unlabeled pictures (default: the dataset's)")] = None,
+) -> None:
+    """Label unlabeled pictures with M_finetune; writes predictions.csv (one probability per class)."""
+    with user_errors():
+        state = load_checkpoint(model_dir / "model.pt")
+        if state.get("kind") != "finetuned":
+            raise RunError(f"{str(model_dir)!r} holds no fine-tuned model; run `metafew finetune` first")
+        cfg = from_dict(state["config"])
+        pictures, failed = _unlabeled_pictures(cfg, folder)
+        learner = engine.build_learner(cfg, engine.resolve_device(cfg.train.device))
+        model = engine.Finetuned.from_state(state, learner.device)
+        probs = engine.predict_proba(learner, model, pictures.images)
+        out = new_folder(model_dir / "predict")
+        labels = [model.classes[i] for i in probs.argmax(-1).tolist()]
+        _write_predictions(out / "predictions.csv", pictures.names, labels, probs, model.classes)
+        summary: dict[str, Any] = {
+            "source": str(folder) if folder else f"dataset:{cfg.data.dataset}",
+            "pictures": len(labels),
+            "unreadable": [{"file": n, "error": e} for n, e in failed],
+        }
+        if pictures.answers is not None:
+            summary["accuracy"] = sum(a == b for a, b in zip(labels, pictures.answers)) / len(labels)
+        write_json(out / "summary.json", summary)
+        for name, reason in failed:
+            err.print(f"[yellow]skipped[/] {escape(name)}: {escape(reason)}", highlight=False)
+        scored = (
+            f"; accuracy against answers {100 * summary['accuracy']:.1f}%" if "accuracy" in summary else ""
+        )
+        console.print(
+            f"predictions: {out / 'predictions.csv'} ({len(labels)} pictures{scored})",
+            highlight=False,
+        )
+
+
+def _unlabeled_pictures(cfg: Config, folder: Path | None) -> tuple[UnlabeledImages, list[tuple[str, str]]]:
+    """The pictures to label: a folder (unreadable files listed, not fatal) or the dataset's own."""
+    if folder is not None:
+        return load_unlabeled(folder, cfg.data.image_size, cfg.data.channels)
+    pictures = load_data(cfg.data).unlabeled
+    if pictures is None:
+        raise ConfigError(
+            "this dataset has no unlabeled pictures: give a folder, "
+            "e.g. metafew predict DIR my_data/novel/unlabeled"
+        )
+    return pictures, []
+
+
+def _write_predictions(
+    path: Path, names: list[str], labels: list[str], probs: torch.Tensor, classes: list[str]
+) -> None:
+    with path.open("w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "label", *(f"p_{c}" for c in classes)])
+        for name, label, row in zip(names, labels, probs.tolist()):
+            writer.writerow([name, label, *(f"{p:.6f}" for p in row)])
+
+
+@app.command("eval")
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="meta-training run folder")],
+    checkpoint: Annotated[str | None, typer.Option(help="best or last (default eval.checkpoint)")] = None,
+    overrides: Overrides = None,
+) -> None:
+    """Accuracy on seeded test episodes of the novel classes: mean ± 95% CI, also as JSON."""
+    with user_errors():
+        run = resolve_run(run)
+        cfg = _run_config(run, overrides or [], ("eval", "train"))
+        _setup_threads(cfg)
+        which = _checkpoint_name(checkpoint or cfg.eval.checkpoint)
+        novel = load_data(cfg.data).novel
+        queries = engine.test_queries(cfg, novel)
+        sampler = EpisodeSampler(novel, cfg.task.ways, cfg.task.shots, queries, cfg.eval.seed, "novel")
+        learner, state = _meta_learner(run, cfg, which)
+        started = time.perf_counter()
+        accs = engine.evaluate(
+            learner,
+            sampler,
+            cfg.eval.episodes,
+            cfg.algorithm.eval_inner_steps,
+            cfg.algorithm.inner_lr,
+            cfg.eval.norm,
+        )
+        mean, ci = engine.confidence_interval(accs)
+        result = {
+            "accuracy": mean,
+            "ci95": ci,
+            "episodes": cfg.eval.episodes,
+            "ways": cfg.task.ways,
+            "shots": cfg.task.shots,
+            "queries": queries,
+            "inner_steps": cfg.algorithm.eval_inner_steps,
+            "norm": cfg.eval.norm,
+            "checkpoint": which,
+            "meta_iteration": state["iteration"],
+            "seed": cfg.eval.seed,
+            "seconds": time.perf_counter() - started,
+            "per_episode": accs.tolist(),
+        }
+        path = new_file(run / "eval", ".json")
+        write_json(path, result)
+        console.print(
+            f"accuracy {100 * mean:.2f} ± {100 * ci:.2f}% (95% CI; {cfg.eval.episodes} episodes, "
+            f"{cfg.task.ways}-way "
+            f"{cfg.task.shots}-shot, {queries} queries/class, {cfg.eval.norm} BatchNorm) -> {path}",
+            highlight=False,
+        )
+
+
+@app.command()
+def runs(
+    root: Annotated[Path, typer.Option(help="folder holding run folders")] = Path("runs"),
+) -> None:
+    """Table of runs with their key metrics."""
+    rows = list_runs(root)
+    if not rows:
+        console.print(f"no runs under {root}", highlight=False)
+        return
+    table = Table("run", "dataset", "algorithm", "setting", "iterations", "best val", "test (95% CI)")
+    for r in rows:
+        best = "-" if r.best_val is None else f"{100 * r.best_val:.1f}%"
+        table.add_row(
+            r.path.name,
+            r.dataset,
+            r.algorithm,
+            r.setting,
+            f"{r.iteration}/{r.iterations}",
+            best,
+            r.test or "-",
+        )
+    console.print(table)
+
+
+@app.command("config")
+def show_config(
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML experiment config")] = None,
+    overrides: Overrides = None,
+    keys: Annotated[bool, typer.Option(help="list every key with its default and meaning")] = False,
+) -> None:
+    """Print the resolved config (defaults <- file <- overrides), or all keys."""
+    with user_errors():
+        if keys:
+            for key, default, help_text in describe_keys():
+                console.print(f"{key} = {default!r}  # {help_text}", highlight=False, soft_wrap=True)
+            return
+        console.print(dump_yaml(load_config(config, overrides or [])), highlight=False, end="")
+
+
+@app.command("exit-codes")
+def exit_codes() -> None:
+    """The exit codes metafew uses."""
+    for code, meaning in EXIT_CODES.items():
+        console.print(f"{code:>3}  {meaning}", highlight=False)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    engine.tune_allocator()
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Pure maths on parameter dicts (`dict[str, Tensor]`); nothing here mutates its inputs."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+from metafew.models import NormStats
+
+Params = dict[str, torch.Tensor]
+Forward = Callable[..., Any]
+"""forward(params, x [N, C, H, W], norm_stats=None, return_stats=False) -> logits [N, ways]
+(or (logits, the NormStats used) when return_stats)."""
+
+
+def make_forward(model: nn.Module) -> Forward:
+    """The model as a pure function of its parameters."""
+
+    def forward(
+        params: Params,
+        x: torch.Tensor,
+        norm_stats: NormStats | None = None,
+        return_stats: bool = False,
+    ) -> Any:
+        return functional_call(model, params, (x,), {"norm_stats": norm_stats, "return_stats": return_stats})
+
+    return forward
+
+
+def sgd_step(params: Params, grads: Params, lr: float) -> Params:
+    """θ' = θ − lr·g, key by key."""
+    return {k: p - lr * grads[k] for k, p in params.items()}
+
+
+def detach(params: Params) -> Params:
+    """The same values cut from the autograd graph (first-order MAML's inner gradients)."""
+    return {k: p.detach() for k, p in params.items()}
+
+
+def tree_add(a: Params, b: Params) -> Params:
+    """a + b, key by key."""
+    return {k: a[k] + b[k] for k in a}
+
+
+def tree_scale(a: Params, factor: float) -> Params:
+    """factor · a, key by key."""
+    return {k: v * factor for k, v in a.items()}
+
+
+def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [N, ways], labels [N] -> (mean cross-entropy, fraction correct), both scalars."""
+    accuracy = (logits.argmax(dim=-1) == labels).float().mean()
+    return F.cross_entropy(logits, labels), accuracy
