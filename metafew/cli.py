@@ -369,6 +369,7 @@ def evaluate(
             cfg.algorithm.eval_inner_steps,
             cfg.algorithm.inner_lr,
             cfg.eval.norm,
+            cfg.eval.chunk_size,
         )
         mean, ci = engine.confidence_interval(accs)
         result = {

@@ -45,7 +45,7 @@ def section(cls: type) -> Any:
 class GlyphsConfig:
     """The embedded procedurally generated glyph dataset (no download)."""
 
-    seed: int = param(0, "seed of the glyph generator; the same seed gives the same images")
+    seed: int = param(0, "seed of the glyph generator; the same seed gives the same images", ge=0)
     train_classes: int = param(10, "number of meta-train classes", ge=2)
     val_classes: int = param(5, "number of held-out validation classes (0: no validation)", ge=0)
     novel_classes: int = param(5, "number of novel classes (fine-tune, eval, predict)", ge=2)
@@ -101,7 +101,7 @@ class TrainConfig:
 
     name: str = param("run", "run name, part of the run folder's name")
     runs_dir: str = param("runs", "folder that holds run folders")
-    seed: int = param(0, "seed of the model init and the episode streams")
+    seed: int = param(0, "seed of the model init and the episode streams", ge=0)
     iterations: int = param(300, "outer (meta) updates", ge=1)
     outer_lr: float = param(1e-3, "β, learning rate of the outer Adam optimizer", gt=0)
     meta_batch_size: int = param(4, "tasks per outer update", ge=1)
@@ -128,7 +128,7 @@ class EvalConfig:
     """Test episodes on classes never used for meta-training."""
 
     episodes: int = param(600, "number of test episodes", ge=1)
-    seed: int = param(1234, "seed of the test-episode stream")
+    seed: int = param(1234, "seed of the test-episode stream", ge=0)
     queries: int | None = param(
         None, "queries per class (null: as many as the classes allow, ≤ task.queries)", ge=1
     )
@@ -138,6 +138,7 @@ class EvalConfig:
         choices=("transductive", "support"),
     )
     checkpoint: str = param("best", "which checkpoint to evaluate", choices=("best", "last"))
+    chunk_size: int = param(20, "test episodes adapted at once under vmap (1: one at a time)", ge=1)
 
 
 @dataclass
@@ -273,6 +274,9 @@ def _build(cls: type, raw: dict[str, Any], prefix: str) -> Any:
     for key, value in raw.items():
         path = prefix + str(key)
         if key not in hints:
+            while isinstance(value, dict) and value:  # name the full path of a misspelled section
+                key, value = next(iter(value.items()))
+                path = f"{path}.{key}"
             raise _unknown_key(path)
         tp = hints[key]
         if _is_section(tp):
@@ -362,9 +366,16 @@ def to_dict(cfg: Config) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
+class _Dumper(yaml.SafeDumper):
+    """SafeDumper that quotes strings our loader would read as floats (`'1e-3'`)."""
+
+
+_Dumper.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT, list("-+0123456789."))
+
+
 def dump_yaml(cfg: Config) -> str:
-    """The resolved config as YAML text."""
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    """The resolved config as YAML text (reads back to the same Config)."""
+    return yaml.dump(to_dict(cfg), Dumper=_Dumper, sort_keys=False, allow_unicode=True)
 
 
 def describe_keys(cls: type = Config, prefix: str = "") -> list[tuple[str, Any, str]]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.func import vmap
 
 from metafew.algorithms import Algorithm, build_algorithm
 from metafew.config import Config, to_dict
@@ -24,7 +25,7 @@ from metafew.functional import Forward, Params, make_forward
 from metafew.models import NormStats, build_model
 from metafew.plots import plot_learning_curve
 from metafew.runs import append_metrics, read_metrics, save_checkpoint, truncate_metrics
-from metafew.tasks import EpisodeSampler
+from metafew.tasks import EpisodeSampler, stack_episodes
 
 Progress = Callable[[int, int, dict[str, float]], None]
 """progress(iterations done, iterations in all, latest metrics)."""
@@ -104,25 +105,37 @@ def confidence_interval(accuracies: np.ndarray) -> tuple[float, float]:
     return float(np.mean(accuracies)), 1.96 * std / math.sqrt(n)
 
 
-def episode_accuracy(
-    learner: Learner, sampler: EpisodeSampler, index: int, steps: int, lr: float, norm: str
-) -> float:
-    """Adapt on episode `index`'s support, return its query accuracy. `norm` transductive:
-    BatchNorm uses the query batch's statistics (as MAML does); support: the support set's."""
-    support_x, support_y, query_x, query_y = sampler.episode(index).to(learner.device).as_tuple()
-    adapted = learner.algorithm.adapt(learner.params, support_x, support_y, steps, lr)
-    with torch.no_grad():
-        stats = norm_stats(learner, adapted, support_x) if norm == "support" else None
-        logits = learner.forward(adapted, query_x, stats)
-    return float((logits.argmax(-1) == query_y).float().mean())
-
-
 def evaluate(
-    learner: Learner, sampler: EpisodeSampler, episodes: int, steps: int, lr: float, norm: str
+    learner: Learner,
+    sampler: EpisodeSampler,
+    episodes: int,
+    steps: int,
+    lr: float,
+    norm: str,
+    chunk: int = 20,
 ) -> np.ndarray:
-    """Query accuracy of `episodes` seeded episodes: [episodes] float64."""
+    """Query accuracy of episodes 0..episodes-1 of `sampler`: [episodes] float64.
+
+    Each episode adapts on its support set and classifies its queries; `chunk` episodes run at
+    once under vmap (no outer graph is kept, so memory stays small). `norm` transductive:
+    BatchNorm uses the query batch's statistics, as in MAML; support: the support set's.
+    """
+
+    def accuracy(
+        params: Params, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor
+    ) -> torch.Tensor:
+        adapted = learner.algorithm.adapt(params, sx, sy, steps, lr)
+        stats = norm_stats(learner, adapted, sx) if norm == "support" else None
+        return (learner.forward(adapted, qx, stats).argmax(-1) == qy).float().mean()
+
+    out = []
     with torch.no_grad():  # torch.func.grad still differentiates the inner loop
-        return np.array([episode_accuracy(learner, sampler, i, steps, lr, norm) for i in range(episodes)])
+        for start in range(0, episodes, chunk):
+            batch = [
+                sampler.episode(i).to(learner.device) for i in range(start, min(start + chunk, episodes))
+            ]
+            out.append(vmap(accuracy, in_dims=(None, 0, 0, 0, 0))(learner.params, *stack_episodes(batch)))
+    return torch.cat(out).double().cpu().numpy()
 
 
 def test_queries(cfg: Config, novel: LabeledImages) -> int:

@@ -20,6 +20,7 @@ import secrets
 import subprocess
 import sys
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -204,10 +205,22 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
         ) from None
 
 
+def _check_zip(path: Path) -> None:
+    """torch.load does not verify the zip CRCs: a flipped bit in the data would load silently."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise RunError(f"checkpoint {str(path)!r} is corrupt or unsafe ({exc})") from None
+    if bad is not None:
+        raise RunError(f"checkpoint {str(path)!r} is corrupt or unsafe (CRC mismatch in {bad!r})")
+
+
 def load_checkpoint(path: Path) -> dict[str, Any]:
     """Load a checkpoint with `weights_only=True` (a file that would run code is refused)."""
     if not path.is_file():
         raise RunError(f"checkpoint {str(path)!r} not found")
+    _check_zip(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or unsafe files
@@ -236,8 +249,14 @@ class RunSummary:
     test: str | None
 
 
+def _age(path: Path) -> tuple[str, int]:
+    """Sort key, oldest first: the name's second-resolution stamp, then the creation time."""
+    probe = path / "config.yaml" if path.is_dir() else path
+    return path.name[:15], probe.stat().st_mtime_ns
+
+
 def _latest_eval(run: Path) -> str | None:
-    files = sorted((run / "eval").glob("*.json")) if (run / "eval").is_dir() else []
+    files = sorted((run / "eval").glob("*.json"), key=_age) if (run / "eval").is_dir() else []
     if not files:
         return None
     try:
@@ -269,7 +288,7 @@ def list_runs(runs_dir: Path) -> list[RunSummary]:
     if not runs_dir.is_dir():
         return []
     rows = []
-    for run in sorted(p for p in runs_dir.iterdir() if (p / "config.yaml").is_file()):
+    for run in sorted((p for p in runs_dir.iterdir() if (p / "config.yaml").is_file()), key=_age):
         try:
             rows.append(summarize_run(run))
         except RunError:

@@ -111,7 +111,7 @@ def read_answers(path: Path, names: list[str]) -> list[str] | None:
     """True labels for `names` from a `file,label` CSV, or None if absent or incomplete."""
     if not path.is_file():
         return None
-    with path.open(newline="", encoding="utf-8") as handle:
+    with path.open(newline="", encoding="utf-8-sig") as handle:  # -sig: Excel's "CSV UTF-8" BOM
         table = {
             row["file"]: row["label"] for row in csv.DictReader(handle) if "file" in row and "label" in row
         }

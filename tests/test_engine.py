@@ -1,0 +1,146 @@
+"""Engine: confidence intervals, evaluation modes, fine-tuning, divergence, resume state."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from metafew import engine
+from metafew.config import Config
+from metafew.data import load_data, to_float
+from metafew.errors import ConfigError, DataError, DivergedError
+from metafew.runs import create_run, load_checkpoint, read_metrics
+from metafew.tasks import EpisodeSampler
+
+
+def test_confidence_interval_is_mean_and_1_96_standard_errors() -> None:
+    accs = np.array([0.5, 0.7, 0.9, 0.6])
+    mean, ci = engine.confidence_interval(accs)
+    assert mean == pytest.approx(0.675)
+    assert ci == pytest.approx(1.96 * np.std(accs, ddof=1) / 2)
+    assert engine.confidence_interval(np.array([0.8])) == (0.8, 0.0)
+
+
+def _learner_and_sampler(cfg: Config) -> tuple[engine.Learner, EpisodeSampler]:
+    data = load_data(cfg.data)
+    sampler = EpisodeSampler(data.novel, cfg.task.ways, cfg.task.shots, 3, seed=5)
+    return engine.build_learner(cfg, torch.device("cpu")), sampler
+
+
+@pytest.mark.parametrize("norm", ["transductive", "support"])
+def test_evaluate_gives_the_same_accuracies_in_any_chunk_size(tiny_cfg: Config, norm: str) -> None:
+    learner, sampler = _learner_and_sampler(tiny_cfg)
+    one = engine.evaluate(learner, sampler, 7, steps=2, lr=0.4, norm=norm, chunk=1)
+    many = engine.evaluate(learner, sampler, 7, steps=2, lr=0.4, norm=norm, chunk=3)
+    np.testing.assert_allclose(one, many, atol=1e-6)
+    assert one.shape == (7,) and ((one >= 0) & (one <= 1)).all()
+
+
+def test_evaluate_matches_a_manual_adapt_and_classify(tiny_cfg: Config) -> None:
+    learner, sampler = _learner_and_sampler(tiny_cfg)
+    sx, sy, qx, qy = sampler.episode(2).as_tuple()
+    adapted = learner.algorithm.adapt(learner.params, sx, sy, 2, 0.4)
+    stats = engine.norm_stats(learner, adapted, sx)
+    expected = {
+        "transductive": float((learner.forward(adapted, qx).argmax(-1) == qy).float().mean()),
+        "support": float((learner.forward(adapted, qx, stats).argmax(-1) == qy).float().mean()),
+    }
+    for norm, value in expected.items():
+        assert engine.evaluate(learner, sampler, 3, 2, 0.4, norm, chunk=3)[2] == pytest.approx(value)
+
+
+def test_test_queries_use_what_the_novel_classes_allow(tiny_cfg: Config) -> None:
+    novel = load_data(tiny_cfg.data).novel  # 6 labeled per class, 2 shots -> 4 left, capped at 3 queries
+    assert engine.test_queries(tiny_cfg, novel) == 3
+    tiny_cfg.task.queries = 10
+    assert engine.test_queries(tiny_cfg, novel) == 4
+    tiny_cfg.task.shots = 6
+    with pytest.raises(DataError, match=r"more than task\.shots = 6"):
+        engine.test_queries(tiny_cfg, novel)
+
+
+def test_finetune_adapts_on_all_labeled_pictures_and_freezes_their_statistics(tiny_cfg: Config) -> None:
+    tiny_cfg.finetune.steps, tiny_cfg.finetune.lr = 4, 0.2
+    learner, _ = _learner_and_sampler(tiny_cfg)
+    novel = load_data(tiny_cfg.data).novel
+    model = engine.finetune(tiny_cfg, learner, novel)
+    x = to_float(novel.images)
+    expected = learner.algorithm.adapt(learner.params, x, novel.labels, 4, 0.2)
+    for k, v in expected.items():
+        torch.testing.assert_close(model.params[k], v.detach())
+    mean, var = model.stats[0]
+    first = torch.nn.functional.conv2d(
+        x, model.params["blocks.0.conv.weight"], model.params["blocks.0.conv.bias"], padding=1
+    )
+    torch.testing.assert_close(mean.flatten(), first.mean(dim=(0, 2, 3)), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(var.flatten(), first.var(dim=(0, 2, 3), unbiased=False), rtol=1e-4, atol=1e-5)
+    assert model.classes == novel.classes
+    restored = engine.Finetuned.from_state(model.state({}), torch.device("cpu"))
+    probs = engine.predict_proba(learner, restored, novel.images)
+    torch.testing.assert_close(probs, engine.predict_proba(learner, model, novel.images))
+    torch.testing.assert_close(probs.sum(-1), torch.ones(len(probs)))
+
+
+def test_finetune_refuses_a_different_number_of_classes(tiny_cfg: Config) -> None:
+    tiny_cfg.data.glyphs.novel_classes = 4
+    learner = engine.build_learner(tiny_cfg, torch.device("cpu"))
+    with pytest.raises(DataError, match=r"3 outputs .* 4 labeled novel"):
+        engine.finetune(tiny_cfg, learner, load_data(tiny_cfg.data).novel)
+
+
+def test_training_writes_metrics_and_checkpoints(tiny_cfg: Config) -> None:
+    run = create_run(tiny_cfg, "cpu")
+    state = engine.train(tiny_cfg, load_data(tiny_cfg.data), run)
+    records = read_metrics(run)
+    assert [r["iteration"] for r in records if "loss" in r] == [1, 2, 3, 4]
+    assert [r["iteration"] for r in records if "val_accuracy" in r] == [2, 4]
+    last = load_checkpoint(run / "checkpoints" / "last.pt")
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert last["iteration"] == 4 and state.iteration == 4
+    vals = {r["iteration"]: r["val_accuracy"] for r in records if "val_accuracy" in r}
+    assert best["iteration"] == max(vals, key=lambda k: (vals[k], -k)) == state.best_iteration
+    assert best["best_accuracy"] == pytest.approx(max(vals.values()))
+    assert (run / "learning_curve.png").stat().st_size > 1000
+    assert all(math.isfinite(r["loss"]) for r in records if "loss" in r)
+
+
+def test_divergence_stops_without_touching_checkpoints(tiny_cfg: Config) -> None:
+    run = create_run(tiny_cfg, "cpu")
+    engine.train(tiny_cfg, load_data(tiny_cfg.data), run)
+    before = (run / "checkpoints" / "last.pt").read_bytes()
+    tiny_cfg.algorithm.inner_lr = 1e30
+    tiny_cfg.train.iterations = 8
+    resume = load_checkpoint(run / "checkpoints" / "last.pt")
+    with pytest.raises(DivergedError, match="iteration 5: meta-loss is"):
+        engine.train(tiny_cfg, load_data(tiny_cfg.data), run, resume=resume)
+    assert (run / "checkpoints" / "last.pt").read_bytes() == before
+
+
+def test_stop_request_checkpoints_the_completed_iteration(tiny_cfg: Config) -> None:
+    tiny_cfg.train.iterations = 50
+    run = create_run(tiny_cfg, "cpu")
+    calls = iter(range(100))
+    from metafew.errors import Interrupted
+
+    with pytest.raises(Interrupted, match="after iteration 3"):
+        engine.train(tiny_cfg, load_data(tiny_cfg.data), run, stop_requested=lambda: next(calls) >= 2)
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["iteration"] == 3
+
+
+def test_resolve_device() -> None:
+    assert engine.resolve_device("cpu") == torch.device("cpu")
+    assert engine.resolve_device("auto").type in ("cpu", "cuda")
+    with pytest.raises(ConfigError, match=r"train\.device"):
+        engine.resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            engine.resolve_device("cuda")
+
+
+def test_allocator_tuning_can_be_switched_off(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("METAFEW_MALLOC", "default")
+    assert engine.tune_allocator() is False

@@ -1,0 +1,508 @@
+"""metafew.runs: run folders, environment record, metrics log, checkpoints and run listing."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import pickle
+import re
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+
+import metafew
+from metafew import runs
+from metafew.config import Config, from_dict, load_config, parse_yaml
+from metafew.errors import RunError
+from metafew.runs import (
+    CHECKPOINT_FORMAT,
+    append_metrics,
+    create_run,
+    list_runs,
+    load_checkpoint,
+    load_run_config,
+    new_file,
+    new_folder,
+    read_metrics,
+    resolve_run,
+    save_checkpoint,
+    summarize_run,
+    truncate_metrics,
+    write_json,
+)
+
+FOLDER = re.compile(r"^(\d{8})-(\d{6})-(.+)-([0-9a-f]{6})$")
+STAMP = "20240102-030405"
+
+
+def leftovers(folder: Path) -> list[str]:
+    """Temporary files that an atomic write would leave behind."""
+    return sorted(p.name for p in folder.rglob("*") if p.name.endswith(".tmp") or p.name.startswith("."))
+
+
+# ---------------------------------------------------------------------------------------------
+# folders
+
+
+def test_new_folder_name_format(tmp_path: Path) -> None:
+    before = time.strftime("%Y%m%d-%H%M%S")
+    folder = new_folder(tmp_path / "runs", "exp1")
+    after = time.strftime("%Y%m%d-%H%M%S")
+    assert folder.is_dir() and folder.parent == tmp_path / "runs"
+    match = FOLDER.match(folder.name)
+    assert match, folder.name
+    assert match.group(3) == "exp1"
+    assert before <= f"{match.group(1)}-{match.group(2)}" <= after
+    assert list(folder.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "label"),
+    [
+        ("my run", "my_run"),
+        ("a/b\\c", "a_b_c"),
+        ("lr=0.1 shots:5", "lr_0.1_shots_5"),
+        ("α-β", "-"),
+        ("../../escape", "escape"),
+        ("keep_this-1.0", "keep_this-1.0"),
+    ],
+)
+def test_unsafe_characters_are_replaced(tmp_path: Path, name: str, label: str) -> None:
+    parent = tmp_path / "runs"
+    folder = new_folder(parent, name)
+    assert folder.parent == parent
+    assert [p.name for p in parent.iterdir()] == [folder.name]
+    assert re.fullmatch(r"[A-Za-z0-9_.-]+", folder.name)
+    assert FOLDER.match(folder.name).group(3) == label
+
+
+def test_empty_or_all_unsafe_name_gives_stamp_and_id(tmp_path: Path) -> None:
+    for name in ("", "///", "..."):
+        folder = new_folder(tmp_path, name)
+        assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{6}", folder.name), folder.name
+
+
+def test_new_folder_retries_when_the_name_is_taken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    tokens = iter(["aaaaaa", "aaaaaa", "aaaaaa", "bbbbbb"])
+    monkeypatch.setattr(runs, "_stamp", lambda: STAMP)
+    monkeypatch.setattr(runs.secrets, "token_hex", lambda n: next(tokens))
+    first = new_folder(tmp_path, "x")
+    second = new_folder(tmp_path, "x")
+    assert first.name == f"{STAMP}-x-aaaaaa"
+    assert second.name == f"{STAMP}-x-bbbbbb"
+
+
+def test_new_folder_gives_up_after_many_collisions(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runs, "_stamp", lambda: STAMP)
+    monkeypatch.setattr(runs.secrets, "token_hex", lambda n: "cccccc")
+    new_folder(tmp_path, "x")
+    with pytest.raises(RunError, match="could not find a free folder name") as info:
+        new_folder(tmp_path, "x")
+    assert info.value.exit_code == 4
+
+
+def test_new_folder_under_a_file_is_a_run_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(RunError, match="runs_dir") as info:
+        new_folder(blocker / "runs", "x")
+    assert str(blocker / "runs") in str(info.value)
+
+
+def test_concurrent_threads_get_distinct_folders(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runs, "_stamp", lambda: STAMP)  # all in the same second
+    barrier = threading.Barrier(16)
+    made: list[Path] = []
+    lock = threading.Lock()
+
+    def job() -> None:
+        barrier.wait()
+        folder = new_folder(tmp_path / "runs", "job")
+        with lock:
+            made.append(folder)
+
+    threads = [threading.Thread(target=job) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(made) == 16 and len(set(made)) == 16
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted(p.name for p in made)
+    assert all(p.name.startswith(f"{STAMP}-job-") for p in made)
+
+
+def _make_folder_in_child(parent: str) -> str:
+    runs._stamp = lambda: STAMP  # every process in the same second
+    return str(new_folder(Path(parent), "job"))
+
+
+def test_concurrent_processes_get_distinct_folders(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    parent = str(tmp_path / "runs")
+    with ctx.Pool(4) as pool:
+        made = pool.map(_make_folder_in_child, [parent] * 16)
+    assert len(set(made)) == 16
+    assert len(list((tmp_path / "runs").iterdir())) == 16
+    assert all(Path(p).name.startswith(f"{STAMP}-job-") for p in made)
+
+
+def test_new_file_is_created_empty_and_unique(tmp_path: Path) -> None:
+    paths = {new_file(tmp_path / "eval", ".json") for _ in range(10)}
+    assert len(paths) == 10
+    for path in paths:
+        assert path.is_file() and path.stat().st_size == 0
+        assert re.fullmatch(r"\d{8}-\d{6}-[0-9a-f]{6}\.json", path.name)
+
+
+# ---------------------------------------------------------------------------------------------
+# create_run
+
+
+def test_create_run_writes_config_and_env(tiny_cfg: Config, tmp_path: Path) -> None:
+    run = create_run(tiny_cfg, "cpu")
+    assert run.parent == tmp_path / "runs"
+    assert FOLDER.match(run.name).group(3) == tiny_cfg.train.name
+    assert (run / "checkpoints").is_dir()
+    text = (run / "config.yaml").read_text(encoding="utf-8")
+    assert from_dict(parse_yaml(text, "config.yaml")) == tiny_cfg
+    assert load_run_config(run) == tiny_cfg
+    env = json.loads((run / "env.json").read_text(encoding="utf-8"))
+    assert {"torch", "python", "command", "device", "git_sha"} <= set(env)
+    assert env["torch"] == torch.__version__
+    assert env["python"] == ".".join(map(str, sys.version_info[:3]))
+    assert env["command"] == sys.argv
+    assert env["device"] == "cpu"
+    assert env["metafew"] == metafew.__version__
+    assert env["git_sha"] is None or re.fullmatch(r"[0-9a-f]{40}", env["git_sha"])
+    assert leftovers(run) == []
+
+
+def test_create_run_round_trips_a_changed_config(tmp_path: Path) -> None:
+    cfg = load_config(
+        None,
+        [
+            f"train.runs_dir={tmp_path / 'r'}",
+            "train.name=my sweep/1",
+            "train.outer_lr=1e-5",
+            "algorithm.first_order=true",
+            "finetune.steps=null",
+            "finetune.lr=0.05",
+            "data.channels=3",
+        ],
+    )
+    run = create_run(cfg, "cpu")
+    assert FOLDER.match(run.name).group(3) == "my_sweep_1"
+    assert load_run_config(run) == cfg
+
+
+def test_resolve_run(tiny_cfg: Config, tmp_path: Path) -> None:
+    run = create_run(tiny_cfg, "cpu")
+    assert resolve_run(run) == run
+    assert resolve_run(str(run)) == run
+    (tmp_path / "plain").mkdir()
+    for bad in (tmp_path / "plain", tmp_path / "missing"):
+        with pytest.raises(RunError, match="not a run folder") as info:
+            resolve_run(bad)
+        assert str(bad) in str(info.value)
+        assert info.value.exit_code == 4
+
+
+def test_unusable_run_config_is_a_run_error(tiny_cfg: Config) -> None:
+    run = create_run(tiny_cfg, "cpu")
+    (run / "config.yaml").write_text("task:\n  ways: 1\n", encoding="utf-8")
+    with pytest.raises(RunError, match=r"unusable config\.yaml") as info:
+        load_run_config(run)
+    assert "task.ways" in str(info.value) and str(run) in str(info.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+
+
+def test_metrics_append_and_read(tmp_path: Path) -> None:
+    assert read_metrics(tmp_path) == []
+    records = [{"iteration": i, "loss": 1.0 / (i + 1)} for i in range(1, 4)]
+    for record in records:
+        append_metrics(tmp_path, record)
+    assert read_metrics(tmp_path) == records
+    lines = (tmp_path / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+    assert [json.loads(line) for line in lines] == records
+
+
+def test_torn_last_line_is_ignored(tmp_path: Path) -> None:
+    append_metrics(tmp_path, {"iteration": 1, "loss": 0.5})
+    append_metrics(tmp_path, {"iteration": 2, "loss": 0.4})
+    with (tmp_path / "metrics.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write('{"iteration": 3, "lo')
+    assert read_metrics(tmp_path) == [{"iteration": 1, "loss": 0.5}, {"iteration": 2, "loss": 0.4}]
+
+
+def test_truncate_metrics(tmp_path: Path) -> None:
+    for i in range(1, 6):
+        append_metrics(tmp_path, {"iteration": i, "loss": float(i)})
+    append_metrics(tmp_path, {"iteration": 3, "val_accuracy": 0.5})
+    with (tmp_path / "metrics.jsonl").open("a", encoding="utf-8") as handle:
+        handle.write('{"iteration": 6, "lo')
+    truncate_metrics(tmp_path, 3)
+    assert read_metrics(tmp_path) == [
+        {"iteration": 1, "loss": 1.0},
+        {"iteration": 2, "loss": 2.0},
+        {"iteration": 3, "loss": 3.0},
+        {"iteration": 3, "val_accuracy": 0.5},
+    ]
+    # the torn line is gone, so appending after a resume gives a readable line
+    append_metrics(tmp_path, {"iteration": 4, "loss": 9.0})
+    assert read_metrics(tmp_path)[-1] == {"iteration": 4, "loss": 9.0}
+    assert leftovers(tmp_path) == []
+    truncate_metrics(tmp_path, 0)
+    assert read_metrics(tmp_path) == []
+
+
+def test_write_json_is_atomic_and_pretty(tmp_path: Path) -> None:
+    write_json(tmp_path / "x.json", {"a": [1, 2]})
+    write_json(tmp_path / "x.json", {"b": 3})
+    assert json.loads((tmp_path / "x.json").read_text()) == {"b": 3}
+    assert (tmp_path / "x.json").read_text().endswith("}\n")
+    assert leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------
+# checkpoints
+
+
+def state() -> dict:
+    gen = torch.Generator().manual_seed(0)
+    return {
+        "iteration": 7,
+        "model": {
+            "conv.weight": torch.randn(4, 1, 3, 3, generator=gen),
+            "bn.num_batches_tracked": torch.tensor(5),
+        },
+        "optimizer": {"state": {0: {"step": torch.tensor(3.0)}}, "param_groups": [{"lr": 1e-3}]},
+        "rng": torch.Generator().manual_seed(1).get_state(),
+        "best_val": 0.75,
+    }
+
+
+@pytest.fixture
+def checkpoint(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "checkpoints" / "last.pt"
+    path.parent.mkdir()
+    save_checkpoint(path, state())
+    yield path
+
+
+def test_checkpoint_round_trip(checkpoint: Path) -> None:
+    loaded = load_checkpoint(checkpoint)
+    expected = state()
+    assert loaded["format"] == CHECKPOINT_FORMAT
+    assert loaded["metafew"] == metafew.__version__
+    assert loaded["iteration"] == 7 and loaded["best_val"] == 0.75
+    for key, tensor in expected["model"].items():
+        assert torch.equal(loaded["model"][key], tensor)
+    assert torch.equal(loaded["rng"], expected["rng"])
+    assert loaded["optimizer"]["param_groups"] == [{"lr": 1e-3}]
+    assert torch.equal(loaded["optimizer"]["state"][0]["step"], torch.tensor(3.0))
+
+
+def test_save_leaves_no_temp_files_and_replaces(checkpoint: Path) -> None:
+    assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["last.pt"]
+    save_checkpoint(checkpoint, {"iteration": 8})
+    assert sorted(p.name for p in checkpoint.parent.iterdir()) == ["last.pt"]
+    assert load_checkpoint(checkpoint)["iteration"] == 8
+    assert "model" not in load_checkpoint(checkpoint)
+
+
+def test_save_into_a_missing_folder_is_a_run_error(tmp_path: Path) -> None:
+    path = tmp_path / "nope" / "last.pt"
+    with pytest.raises(RunError, match="cannot write checkpoint") as info:
+        save_checkpoint(path, {"iteration": 1})
+    assert str(path) in str(info.value)
+    assert not (tmp_path / "nope").exists()
+
+
+def assert_refused(path: Path, match: str | None = None) -> RunError:
+    with pytest.raises(RunError, match=match) as info:
+        load_checkpoint(path)
+    assert info.value.exit_code == 4
+    assert str(path) in str(info.value)
+    return info.value
+
+
+def test_missing_checkpoint(tmp_path: Path) -> None:
+    assert_refused(tmp_path / "best.pt", "not found")
+    (tmp_path / "dir.pt").mkdir()
+    assert_refused(tmp_path / "dir.pt", "not found")
+
+
+@pytest.mark.parametrize("keep", [1, 4, 100, 0.5, -1, -30])
+def test_truncated_checkpoint(checkpoint: Path, keep: float) -> None:
+    data = checkpoint.read_bytes()
+    end = int(len(data) * keep) if isinstance(keep, float) else keep if keep > 0 else len(data) + keep
+    checkpoint.write_bytes(data[:end])
+    assert 0 < checkpoint.stat().st_size < len(data)
+    assert_refused(checkpoint, "corrupt or unsafe")
+
+
+def test_zero_byte_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "empty.pt"
+    path.touch()
+    assert_refused(path, "corrupt or unsafe")
+
+
+def test_garbage_checkpoint(tmp_path: Path) -> None:
+    path = tmp_path / "text.pt"
+    path.write_text("this is not a checkpoint\n")
+    assert_refused(path, "corrupt or unsafe")
+
+
+@pytest.mark.parametrize("where", ["zip magic", "end of archive"])
+def test_bit_flipped_archive_structure(checkpoint: Path, where: str) -> None:
+    data = bytearray(checkpoint.read_bytes())
+    offset = 0 if where == "zip magic" else len(data) - 22  # end-of-central-directory record
+    data[offset] ^= 0x01
+    checkpoint.write_bytes(bytes(data))
+    assert_refused(checkpoint, "corrupt or unsafe")
+
+
+@pytest.mark.parametrize("where", ["tensor data", "pickled key"])
+def test_bit_flipped_payload(checkpoint: Path, where: str) -> None:
+    data = bytearray(checkpoint.read_bytes())
+    if where == "tensor data":
+        offset = bytes(data).find(state()["model"]["conv.weight"].numpy().tobytes())
+    else:
+        offset = bytes(data).find(b"best_val")
+    assert offset > 0
+    data[offset + 2] ^= 0x01
+    checkpoint.write_bytes(bytes(data))
+    assert_refused(checkpoint)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [{"model": {}}, {"format": 999, "model": {}}, [1, 2, 3], torch.zeros(3)],
+    ids=["no format", "other format", "list", "tensor"],
+)
+def test_non_metafew_checkpoint(tmp_path: Path, payload: object) -> None:
+    path = tmp_path / "other.pt"
+    torch.save(payload, path)
+    error = assert_refused(path, "not a metafew checkpoint")
+    assert f"format {CHECKPOINT_FORMAT}" in str(error)
+
+
+class Exploit:
+    """Runs a shell command when unpickled."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
+@pytest.mark.parametrize("writer", ["pickle", "torch.save"])
+@pytest.mark.parametrize("force_unsafe", [False, True], ids=["default", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"])
+def test_malicious_pickle_is_refused_and_not_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writer: str, force_unsafe: bool
+) -> None:
+    marker = tmp_path / "pwned"
+    payload = {"format": CHECKPOINT_FORMAT, "model": Exploit(marker)}
+    path = tmp_path / "evil.pt"
+    if writer == "pickle":
+        path.write_bytes(pickle.dumps(payload))
+    else:
+        torch.save(payload, path)
+    assert not marker.exists()
+    if force_unsafe:
+        monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    else:
+        monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
+    assert_refused(path, "corrupt or unsafe")
+    assert not marker.exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# listing
+
+
+def make_run(cfg: Config, records: list[dict], evals: list[dict] | None = None) -> Path:
+    run = create_run(cfg, "cpu")
+    for record in records:
+        append_metrics(run, record)
+    for result in evals or []:
+        write_json(new_file(run / "eval", ".json"), result)
+    return run
+
+
+def test_summarize_run(tiny_cfg: Config) -> None:
+    run = make_run(
+        tiny_cfg,
+        [
+            {"iteration": 1, "loss": 1.2},
+            {"iteration": 2, "loss": 1.0},
+            {"iteration": 2, "val_accuracy": 0.4, "val_ci95": 0.1},
+            {"iteration": 4, "loss": 0.8},
+            {"iteration": 4, "val_accuracy": 0.55, "val_ci95": 0.1},
+        ],
+        [{"accuracy": 0.6123, "ci95": 0.0456}],
+    )
+    summary = summarize_run(run)
+    assert summary.path == run
+    assert summary.dataset == "glyphs"
+    assert summary.algorithm == "maml"
+    assert summary.setting == "3-way 2-shot"
+    assert summary.iteration == 4 and summary.iterations == 4
+    assert summary.best_val == 0.55
+    assert summary.test == "61.23 ± 4.56%"
+
+
+def test_summarize_run_without_metrics_or_eval(tmp_path: Path) -> None:
+    cfg = load_config(None, [f"train.runs_dir={tmp_path}", "algorithm.first_order=true", "task.shots=1"])
+    summary = summarize_run(make_run(cfg, []))
+    assert summary.algorithm == "maml (1st order)"
+    assert summary.setting == "5-way 1-shot"
+    assert summary.iteration == 0 and summary.iterations == 300
+    assert summary.best_val is None and summary.test is None
+
+
+def test_summarize_run_ignores_a_broken_eval(tiny_cfg: Config) -> None:
+    run = make_run(tiny_cfg, [{"iteration": 1, "loss": 1.0}])
+    (run / "eval").mkdir()
+    (run / "eval" / "20990101-000000-ffffff.json").write_text("{broken")
+    assert summarize_run(run).test is None
+
+
+def test_list_runs(tiny_cfg: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runs_dir = tmp_path / "runs"
+    assert list_runs(runs_dir) == []
+    stamps = iter(["20240101-000000", "20240101-000001", "20240101-000002"])
+    monkeypatch.setattr(runs, "_stamp", lambda: next(stamps))
+    first = make_run(tiny_cfg, [{"iteration": 2, "val_accuracy": 0.3}])
+    broken = make_run(tiny_cfg, [])
+    (broken / "config.yaml").write_text("task: [", encoding="utf-8")
+    third = make_run(tiny_cfg, [{"iteration": 3, "loss": 0.1}])
+    (runs_dir / "not_a_run").mkdir()
+    (runs_dir / "stray.txt").write_text("x")
+    rows = list_runs(runs_dir)
+    assert [r.path for r in rows] == [first, third]
+    assert rows[0].best_val == 0.3 and rows[1].iteration == 3
+    assert list_runs(tmp_path / "absent") == []
+
+
+def test_list_runs_oldest_first_within_a_second(
+    tiny_cfg: Config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tokens = iter(["ffffff", "000000"])
+    real = runs.secrets.token_hex
+    monkeypatch.setattr(runs, "_stamp", lambda: STAMP)
+    monkeypatch.setattr(runs.secrets, "token_hex", lambda n: next(tokens) if n == 3 else real(n))
+    older = create_run(tiny_cfg, "cpu")
+    newer = create_run(tiny_cfg, "cpu")
+    assert [r.path for r in list_runs(tmp_path / "runs")] == [older, newer]
