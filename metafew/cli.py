@@ -189,6 +189,7 @@ def train(
         _setup_threads(cfg)
         device = engine.resolve_device(cfg.train.device)
         data = load_data(cfg.data)
+        engine.training_samplers(cfg, data)  # refuse unusable data before creating a folder
         if resume is None:
             run = create_run(cfg, str(device))
         console.print(f"run folder: {run}", highlight=False)
@@ -213,9 +214,10 @@ def train(
 
 
 def _meta_learner(run: Path, cfg: Config, checkpoint: str) -> tuple[engine.Learner, dict[str, Any]]:
-    state = load_checkpoint(run / "checkpoints" / f"{checkpoint}.pt")
+    path = run / "checkpoints" / f"{checkpoint}.pt"
+    state = load_checkpoint(path)
     learner = engine.build_learner(cfg, engine.resolve_device(cfg.train.device))
-    engine.load_params(learner, state["params"])
+    engine.load_params(learner, state["params"], f"checkpoint {str(path)!r}")
     return learner, state
 
 
@@ -324,6 +326,8 @@ def predict(
 
 def _unlabeled_pictures(cfg: Config, folder: Path | None) -> tuple[UnlabeledImages, list[tuple[str, str]]]:
     """The pictures to label: a folder (unreadable files listed, not fatal) or the dataset's own."""
+    if folder is None and cfg.data.dataset == "folder":
+        folder = Path(cfg.data.root or ".") / "novel" / "unlabeled"
     if folder is not None:
         return load_unlabeled(folder, cfg.data.image_size, cfg.data.channels)
     pictures = load_data(cfg.data).unlabeled
@@ -406,18 +410,27 @@ def runs(
     if not rows:
         console.print(f"no runs under {root}", highlight=False)
         return
-    table = Table("run", "dataset", "algorithm", "setting", "iterations", "best val", "test (95% CI)")
-    for r in rows:
-        best = "-" if r.best_val is None else f"{100 * r.best_val:.1f}%"
-        table.add_row(
+    header = ("run", "dataset", "algorithm", "setting", "iterations", "best val", "test (95% CI)")
+    lines = [
+        (
             r.path.name,
             r.dataset,
             r.algorithm,
             r.setting,
             f"{r.iteration}/{r.iterations}",
-            best,
+            "-" if r.best_val is None else f"{100 * r.best_val:.1f}%",
             r.test or "-",
         )
+        for r in rows
+    ]
+    if not console.is_terminal:  # pipes and job logs: full names, tab-separated
+        for line in (header, *lines):
+            console.print("\t".join(line))
+        return
+    table = Table(*header)
+    table.columns[0].no_wrap = True
+    for line in lines:
+        table.add_row(*line)
     console.print(table)
 
 

@@ -103,7 +103,7 @@ class TrainConfig:
     runs_dir: str = param("runs", "folder that holds run folders")
     seed: int = param(0, "seed of the model init and the episode streams", ge=0)
     iterations: int = param(300, "outer (meta) updates", ge=1)
-    outer_lr: float = param(1e-3, "β, learning rate of the outer Adam optimizer", gt=0)
+    outer_lr: float = param(1e-3, "β, learning rate of the outer Adam optimizer", gt=0, le=100)
     meta_batch_size: int = param(4, "tasks per outer update", ge=1)
     batching: str = param("loop", "how tasks of a meta-batch run", choices=("loop", "vmap"))
     chunk_size: int = param(0, "tasks per vmap call (0: the whole meta-batch)", ge=0)

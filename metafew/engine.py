@@ -20,7 +20,7 @@ from torch.func import vmap
 from metafew.algorithms import Algorithm, build_algorithm
 from metafew.config import Config, to_dict
 from metafew.data import FewShotData, LabeledImages, to_float
-from metafew.errors import ConfigError, DataError, DivergedError, Interrupted
+from metafew.errors import ConfigError, DataError, DivergedError, Interrupted, RunError
 from metafew.functional import Forward, Params, make_forward
 from metafew.models import NormStats, build_model
 from metafew.plots import plot_learning_curve
@@ -79,11 +79,15 @@ def build_learner(cfg: Config, device: torch.device) -> Learner:
     return Learner(forward, dict(model.named_parameters()), build_algorithm(cfg, forward), device)
 
 
-def load_params(learner: Learner, saved: dict[str, torch.Tensor]) -> None:
+def load_params(learner: Learner, saved: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
     """Copy saved tensors into the learner's parameters (names and shapes must match)."""
     mismatch = [k for k, p in learner.params.items() if k not in saved or saved[k].shape != p.shape]
-    if mismatch or saved.keys() != learner.params.keys():
-        raise ConfigError(f"checkpoint does not fit the configured model (first mismatch: {mismatch[:1]})")
+    mismatch += [k for k in saved if k not in learner.params]
+    if mismatch:
+        raise RunError(
+            f"{source} does not fit the model in its config (parameter {mismatch[0]!r}); "
+            "was the file copied from another run?"
+        )
     with torch.no_grad():
         for key, param in learner.params.items():
             param.copy_(saved[key])
@@ -165,6 +169,16 @@ class TrainState:
     best_iteration: int = 0
 
 
+def training_samplers(cfg: Config, data: FewShotData) -> tuple[EpisodeSampler, EpisodeSampler | None]:
+    """Meta-train and validation episode streams; raises DataError (before any run folder
+    exists, when called first) if the classes cannot fill the configured episodes."""
+    t, seed = cfg.task, cfg.train.seed
+    sampler = EpisodeSampler(data.meta_train, t.ways, t.shots, t.queries, seed, "meta_train")
+    if data.meta_val is None or not cfg.train.val_every:
+        return sampler, None
+    return sampler, EpisodeSampler(data.meta_val, t.ways, t.shots, t.queries, seed + 1, "meta_val")
+
+
 def _checkpoint(
     run: Path,
     name: str,
@@ -223,7 +237,7 @@ def train(
     `stop_requested()` turns true (a signal), the current step finishes, `last.pt` is written
     and Interrupted is raised.
     """
-    t, a = cfg.task, cfg.train
+    a = cfg.train
     learner = build_learner(cfg, resolve_device(a.device))
     opt = torch.optim.Adam(learner.params.values(), lr=a.outer_lr)
     state = TrainState()
@@ -233,11 +247,14 @@ def train(
         torch.set_rng_state(resume["torch_rng"])
         state = TrainState(resume["iteration"], resume["best_accuracy"], resume["best_iteration"])
         truncate_metrics(run, state.iteration)
-    sampler = EpisodeSampler(data.meta_train, t.ways, t.shots, t.queries, a.seed, "meta_train")
-    val_sampler = None
-    if data.meta_val is not None and a.val_every:
-        val_sampler = EpisodeSampler(data.meta_val, t.ways, t.shots, t.queries, a.seed + 1, "meta_val")
+    sampler, val_sampler = training_samplers(cfg, data)
     started, done_at_start = time.perf_counter(), state.iteration
+
+    def save_last() -> None:
+        _checkpoint(run, "last", learner, opt, state, cfg)
+        if val_sampler is None:  # no validation classes: the best model is the last one
+            _checkpoint(run, "best", learner, opt, state, cfg)
+
     try:
         while state.iteration < a.iterations:
             it = state.iteration
@@ -267,19 +284,17 @@ def train(
                     state.best_accuracy, state.best_iteration = mean, state.iteration
                     _checkpoint(run, "best", learner, opt, state, cfg)
             if state.iteration % a.checkpoint_every == 0 or last:
-                _checkpoint(run, "last", learner, opt, state, cfg)
+                save_last()
             if progress is not None:
                 progress(state.iteration, a.iterations, record)
             if stop_requested() and not last:
-                _checkpoint(run, "last", learner, opt, state, cfg)
+                save_last()
                 raise Interrupted(
                     f"stopped after iteration {state.iteration} (checkpointed); continue with "
                     f"`metafew train --resume {run}`"
                 )
     finally:
         plot_learning_curve(read_metrics(run), run / "learning_curve.png")
-    if val_sampler is None:  # no validation classes: the best model is the last one
-        _checkpoint(run, "best", learner, opt, state, cfg)
     return state
 
 

@@ -7,9 +7,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from metafew.config import Config, from_dict
+
+# Tiny models gain nothing from threads, and several torch processes with 2 threads each on a
+# 2-core CI machine slow each other down many times over. Subprocesses inherit the variable.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
 
 TINY_OVERRIDES: dict = {
     "data": {

@@ -309,11 +309,6 @@ def test_runs_lists_the_run(story: Story) -> None:
     assert "no runs under" in empty.stdout
 
 
-@pytest.mark.xfail(
-    reason="BUG: `metafew runs` truncates the run column ('20261127…') at 80 columns, "
-    "so the run names that finetune/eval need cannot be read or copied",
-    strict=True,
-)
 def test_runs_shows_full_run_names_on_80_columns(story: Story) -> None:
     result = ok("runs", "--root", story.runs_dir, env={"COLUMNS": "80"})
     assert story.run.name in result.stdout
@@ -363,11 +358,6 @@ def test_folder_dataset_story_with_unreadable_pictures(folder_dataset: Path, tmp
     )
 
 
-@pytest.mark.xfail(
-    reason="BUG: `predict FT` without a folder drops the dataset's unreadable unlabeled pictures "
-    "silently (load_folder_dataset discards load_unlabeled's failures; cli returns [])",
-    strict=True,
-)
 def test_default_predict_reports_unreadable_dataset_pictures(folder_dataset: Path, tmp_path: Path) -> None:
     root = folder_dataset
     (root / "novel" / "unlabeled" / "broken.png").write_bytes(b"not a png")
@@ -499,11 +489,6 @@ def test_train_data_errors(tmp_path: Path) -> None:
     assert "task.ways" in line  # how to fix it
 
 
-@pytest.mark.xfail(
-    reason="BUG: train checks episode counts only in engine.train, after create_run, so a failed "
-    "train leaves a run folder without checkpoints that `metafew runs` lists",
-    strict=True,
-)
 def test_failed_train_leaves_no_run_folder(tmp_path: Path) -> None:
     runs_dir = tmp_path / "runs"
     assert invoke("train", *tiny(runs_dir, "task.ways=6")).exit_code == 3
@@ -549,11 +534,6 @@ def test_corrupt_checkpoints_are_refused(story: Story, tmp_path: Path) -> None:
     assert snapshot(run) == before
 
 
-@pytest.mark.xfail(
-    reason="BUG: a checkpoint that does not fit the model exits 2 (ConfigError from "
-    "engine.load_params), not the documented 4, and the message does not name the file",
-    strict=True,
-)
 def test_incompatible_checkpoint_is_a_run_error(story: Story, tmp_path: Path) -> None:
     run = tmp_path / "copy"
     shutil.copytree(story.run, run)
@@ -567,12 +547,12 @@ def test_incompatible_checkpoint_is_a_run_error(story: Story, tmp_path: Path) ->
 
 def test_divergence_exits_5_and_keeps_checkpoints_untouched(tmp_path: Path) -> None:
     runs_dir = tmp_path / "runs"
-    # after Adam's first step of 1e30 the logits overflow: the loss of iteration 2 is not finite
-    result = invoke("train", *tiny(runs_dir, "train.outer_lr=1e30"))
-    assert_user_error(result, 5, "iteration 2", "non-finite", "train.outer_lr")
+    # an inner step of 1e30 overflows the adapted weights: the first meta-loss is not finite
+    result = invoke("train", *tiny(runs_dir, "algorithm.inner_lr=1e30"))
+    assert_user_error(result, 5, "iteration 1", "non-finite", "algorithm.inner_lr")
     run = only_child(runs_dir)
-    assert list((run / "checkpoints").iterdir()) == []  # checkpoint_every=2: none was due yet
-    assert [r["iteration"] for r in train_records(run)] == [1]
+    assert list((run / "checkpoints").iterdir()) == []
+    assert train_records(run) == []
 
 
 # ---------------------------------------------------------------------------------------------
