@@ -99,7 +99,7 @@ def main() -> None:
 
     cfg = load_run_config(args.run)
     data = load_data(cfg.data)
-    learner = engine.build_learner(cfg, torch.device("cpu"))
+    learner = engine.build_learner(cfg, torch.device("cpu"), len(data.meta_train.classes))
     engine.load_params(learner, load_checkpoint(args.run / "checkpoints" / "best.pt")["params"])
     queries = engine.test_queries(cfg, data.novel)
     sampler = EpisodeSampler(data.novel, cfg.task.ways, cfg.task.shots, queries, cfg.eval.seed, "novel")

@@ -32,12 +32,12 @@ cfg = Config()
 cfg.train.batching, cfg.train.chunk_size, cfg.task.queries = batching, chunk, queries
 data = load_data(cfg.data)
 sampler = EpisodeSampler(data.meta_train, 5, 5, queries, 0)
-learner = build_learner(cfg, torch.device("cpu"))
+learner = build_learner(cfg, torch.device("cpu"), len(data.meta_train.classes))
 size = cfg.train.meta_batch_size
-learner.algorithm.meta_gradients(learner.params, sampler.batch(0, size))
+learner.algorithm.meta_gradients(learner.params, sampler.batch(0, size), 0)
 start = time.perf_counter()
 for it in range(1, steps + 1):
-    learner.algorithm.meta_gradients(learner.params, sampler.batch(it, size))
+    learner.algorithm.meta_gradients(learner.params, sampler.batch(it, size), it)
 seconds = time.perf_counter() - start
 peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps({"tasks_per_s": steps * size / seconds, "peak_mb": peak_mb}))

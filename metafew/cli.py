@@ -216,7 +216,7 @@ def train(
 def _meta_learner(run: Path, cfg: Config, checkpoint: str) -> tuple[engine.Learner, dict[str, Any]]:
     path = run / "checkpoints" / f"{checkpoint}.pt"
     state = load_checkpoint(path)
-    learner = engine.build_learner(cfg, engine.resolve_device(cfg.train.device))
+    learner = engine.build_learner(cfg, engine.resolve_device(cfg.train.device), int(state["train_classes"]))
     engine.load_params(learner, state["params"], f"checkpoint {str(path)!r}")
     return learner, state
 
@@ -258,7 +258,9 @@ def finetune(
         probs = engine.predict_proba(learner, model, novel.images)
         train_acc = float((probs.argmax(-1) == novel.labels).float().mean())
         out = new_folder(run / "finetune")
-        save_checkpoint(out / "model.pt", model.state(to_dict(cfg)))
+        save_checkpoint(
+            out / "model.pt", model.state(to_dict(cfg)) | {"train_classes": learner.train_classes}
+        )
         write_json(
             out / "finetune.json",
             {
@@ -299,7 +301,9 @@ def predict(
             raise RunError(f"{str(model_dir)!r} holds no fine-tuned model; run `metafew finetune` first")
         cfg = from_dict(state["config"])
         pictures, failed = _unlabeled_pictures(cfg, folder)
-        learner = engine.build_learner(cfg, engine.resolve_device(cfg.train.device))
+        learner = engine.build_learner(
+            cfg, engine.resolve_device(cfg.train.device), int(state["train_classes"])
+        )
         model = engine.Finetuned.from_state(state, learner.device)
         probs = engine.predict_proba(learner, model, pictures.images)
         out = new_folder(model_dir / "predict")

@@ -76,23 +76,51 @@ class TaskConfig:
 
 @dataclass
 class ModelConfig:
-    """Backbone network."""
+    """Backbone network and its classifier head."""
 
     name: str = param("conv4", "backbone", choices=("conv4",))
     hidden: int = param(64, "filters per convolution", ge=1)
     layers: int = param(4, "number of conv blocks", ge=1, le=8)
     pool: str = param("max", "downsampling: 2x2 max-pool or stride-2 conv", choices=("max", "stride"))
+    head: str = param(
+        "linear", "classifier: linear, or cosine similarity (Baseline++)", choices=("linear", "cosine")
+    )
+    cosine_scale: float = param(10.0, "s, logits = s·cos(feature, class weight) for the cosine head", gt=0)
+
+
+@dataclass
+class MAMLConfig:
+    """MAML++ options (Antoniou, Edwards & Storkey 2019) for maml, anil and metasgd."""
+
+    multi_step_loss: bool = param(False, "MSL: weighted query loss after every inner step")
+    msl_iterations: int = param(100, "iterations over which MSL's weights move to the last step", ge=1)
+    learn_inner_lr: bool = param(False, "LSLR: learn one inner learning rate per layer and step")
+    per_step_bn: bool = param(False, "BNWB: separate BatchNorm weights and biases for every step")
+    first_order_iterations: int = param(0, "DA: first order for this many iterations, then second", ge=0)
+
+
+@dataclass
+class ReptileConfig:
+    """Reptile's inner loop (Nichol, Achiam & Schulman 2018)."""
+
+    inner_optimizer: str = param("adam", "optimizer of the k inner steps", choices=("sgd", "adam"))
+    inner_batch_size: int = param(10, "pictures per inner mini-batch (0: all of the task's pictures)", ge=0)
+    use_query: bool = param(True, "train the inner loop on support and query pictures (no split)")
 
 
 @dataclass
 class AlgorithmConfig:
     """Meta-learning algorithm and its inner loop."""
 
-    name: str = param("maml", "algorithm", choices=("maml",))
+    name: str = param(
+        "maml", "algorithm", choices=("maml", "anil", "metasgd", "reptile", "protonet", "pretrain")
+    )
     inner_lr: float = param(0.4, "α, step size of the inner SGD update", gt=0)
     inner_steps: int = param(1, "inner SGD steps per task during meta-training", ge=1)
     eval_inner_steps: int = param(3, "inner SGD steps at validation, eval and fine-tune", ge=0)
     first_order: bool = param(False, "drop second-order terms (first-order MAML)")
+    maml: MAMLConfig = section(MAMLConfig)
+    reptile: ReptileConfig = section(ReptileConfig)
 
 
 @dataclass
@@ -103,7 +131,10 @@ class TrainConfig:
     runs_dir: str = param("runs", "folder that holds run folders")
     seed: int = param(0, "seed of the model init and the episode streams", ge=0)
     iterations: int = param(300, "outer (meta) updates", ge=1)
-    outer_lr: float = param(1e-3, "β, learning rate of the outer Adam optimizer", gt=0, le=100)
+    outer_lr: float = param(1e-3, "β, learning rate of the outer optimizer (Reptile: ε)", gt=0, le=100)
+    optimizer: str = param("adam", "outer optimizer", choices=("adam", "sgd"))
+    lr_schedule: str = param("constant", "β over the iterations", choices=("constant", "linear", "cosine"))
+    min_lr_fraction: float = param(0.0, "linear/cosine schedules end at this fraction of β", ge=0, le=1)
     meta_batch_size: int = param(4, "tasks per outer update", ge=1)
     batching: str = param("loop", "how tasks of a meta-batch run", choices=("loop", "vmap"))
     chunk_size: int = param(0, "tasks per vmap call (0: the whole meta-batch)", ge=0)

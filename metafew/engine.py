@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 from torch.func import vmap
 
 from metafew.algorithms import Algorithm, build_algorithm
@@ -69,14 +70,20 @@ class Learner:
     params: Params
     algorithm: Algorithm
     device: torch.device
+    train_classes: int
 
 
-def build_learner(cfg: Config, device: torch.device) -> Learner:
-    """Model (seeded init), parameters and algorithm for `cfg`."""
+def build_learner(cfg: Config, device: torch.device, train_classes: int) -> Learner:
+    """Model (seeded init), algorithm, and every meta-learned tensor: the model's parameters plus
+    the algorithm's own `algo.*` ones. `train_classes`: number of meta-train classes."""
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, cfg.data.channels, cfg.data.image_size, cfg.task.ways).to(device)
     forward = make_forward(model)
-    return Learner(forward, dict(model.named_parameters()), build_algorithm(cfg, forward), device)
+    algorithm = build_algorithm(cfg, forward, train_classes)
+    params: Params = dict(model.named_parameters())
+    extra = algorithm.init_meta_params(params)
+    params |= {k: nn.Parameter(v.detach().clone()) for k, v in extra.items()}
+    return Learner(forward, params, algorithm, device, train_classes)
 
 
 def load_params(learner: Learner, saved: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
@@ -169,6 +176,26 @@ class TrainState:
     best_iteration: int = 0
 
 
+def build_optimizer(cfg: Config, params: Params) -> torch.optim.Optimizer:
+    """The outer optimizer over every meta-learned tensor (Adam, or plain SGD for Reptile)."""
+    if cfg.train.optimizer == "sgd":
+        return torch.optim.SGD(params.values(), lr=cfg.train.outer_lr)
+    return torch.optim.Adam(params.values(), lr=cfg.train.outer_lr)
+
+
+def outer_lr(cfg: Config, iteration: int) -> float:
+    """β at outer step `iteration` (0-based): constant, or linearly / cosine-annealed from β to
+    min_lr_fraction·β over train.iterations (Reptile anneals ε linearly; MAML++ uses cosine)."""
+    a = cfg.train
+    progress = iteration / a.iterations
+    low = a.min_lr_fraction
+    if a.lr_schedule == "linear":
+        return a.outer_lr * (1.0 - (1.0 - low) * progress)
+    if a.lr_schedule == "cosine":
+        return a.outer_lr * (low + (1.0 - low) * 0.5 * (1.0 + math.cos(math.pi * progress)))
+    return a.outer_lr
+
+
 def training_samplers(cfg: Config, data: FewShotData) -> tuple[EpisodeSampler, EpisodeSampler | None]:
     """Meta-train and validation episode streams; raises DataError (before any run folder
     exists, when called first) if the classes cannot fill the configured episodes."""
@@ -195,6 +222,7 @@ def _checkpoint(
             "best_accuracy": state.best_accuracy,
             "best_iteration": state.best_iteration,
             "params": {k: v.detach().cpu() for k, v in learner.params.items()},
+            "train_classes": learner.train_classes,
             "optimizer": opt.state_dict(),
             "torch_rng": torch.get_rng_state(),
             "config": to_dict(cfg),
@@ -238,8 +266,8 @@ def train(
     and Interrupted is raised.
     """
     a = cfg.train
-    learner = build_learner(cfg, resolve_device(a.device))
-    opt = torch.optim.Adam(learner.params.values(), lr=a.outer_lr)
+    learner = build_learner(cfg, resolve_device(a.device), len(data.meta_train.classes))
+    opt = build_optimizer(cfg, learner.params)
     state = TrainState()
     if resume is not None:
         load_params(learner, resume["params"])
@@ -259,17 +287,20 @@ def train(
         while state.iteration < a.iterations:
             it = state.iteration
             episodes = [e.to(learner.device) for e in sampler.batch(it, a.meta_batch_size)]
-            step = learner.algorithm.meta_gradients(learner.params, episodes)
+            step = learner.algorithm.meta_gradients(learner.params, episodes, it)
             loss = float(step.losses.mean())
             _check_finite(it, loss, step.grads)
             for key, param in learner.params.items():
-                param.grad = step.grads[key]
+                param.grad = step.grads.get(key)
+            for group in opt.param_groups:
+                group["lr"] = outer_lr(cfg, it)
             opt.step()
             state.iteration = it + 1
             record = {
                 "iteration": state.iteration,
                 "loss": loss,
                 "accuracy": float(step.accuracies.mean()),
+                "lr": outer_lr(cfg, it),
             }
             elapsed = time.perf_counter() - started
             record["tasks_per_s"] = (state.iteration - done_at_start) * a.meta_batch_size / max(elapsed, 1e-9)

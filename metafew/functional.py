@@ -14,8 +14,12 @@ from metafew.models import NormStats
 
 Params = dict[str, torch.Tensor]
 Forward = Callable[..., Any]
-"""forward(params, x [N, C, H, W], norm_stats=None, return_stats=False) -> logits [N, ways]
-(or (logits, the NormStats used) when return_stats)."""
+"""forward(params, x [N, C, H, W], norm_stats=None, return_stats=False, embed=False) -> logits
+[N, ways] (features [N, F] when embed; with the NormStats used when return_stats). `params`
+holds model parameters only (see `model_params`)."""
+
+META_PREFIX = "algo."
+"""Keys of meta-learned tensors an algorithm owns (learning rates, per-step BatchNorm, ...)."""
 
 
 def make_forward(model: nn.Module) -> Forward:
@@ -26,10 +30,17 @@ def make_forward(model: nn.Module) -> Forward:
         x: torch.Tensor,
         norm_stats: NormStats | None = None,
         return_stats: bool = False,
+        embed: bool = False,
     ) -> Any:
-        return functional_call(model, params, (x,), {"norm_stats": norm_stats, "return_stats": return_stats})
+        kwargs = {"norm_stats": norm_stats, "return_stats": return_stats, "embed": embed}
+        return functional_call(model, params, (x,), kwargs)
 
     return forward
+
+
+def model_params(params: Params) -> Params:
+    """The model's own parameters, without the algorithm's `algo.*` tensors."""
+    return {k: v for k, v in params.items() if not k.startswith(META_PREFIX)}
 
 
 def sgd_step(params: Params, grads: Params, lr: float) -> Params:

@@ -63,6 +63,19 @@ class ConvBlock(nn.Module):
         return x, used
 
 
+class CosineHead(nn.Module):
+    """Baseline++'s classifier (Chen et al. 2019): logits = scale · cos(feature, class weight)."""
+
+    def __init__(self, features: int, ways: int, scale: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(ways, features) / features**0.5)
+        self.scale = scale
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: [N, F] -> logits [N, ways]."""
+        return self.scale * F.normalize(x, dim=-1) @ F.normalize(self.weight, dim=-1).T
+
+
 class Conv4(nn.Module):
     """The few-shot Conv-4 (Vinyals et al. 2016; Finn et al. 2017): `layers` conv blocks of
     `hidden` filters and a linear head with one output per way."""
@@ -75,13 +88,17 @@ class Conv4(nn.Module):
         hidden: int = 64,
         layers: int = 4,
         pool: str = "max",
+        head: str = "linear",
+        cosine_scale: float = 10.0,
     ):
         super().__init__()
         channels = [in_channels] + [hidden] * layers
         self.blocks = nn.ModuleList(ConvBlock(a, b, pool) for a, b in itertools.pairwise(channels))
         with torch.no_grad():
             features = self.features(torch.zeros(2, in_channels, image_size, image_size))[0].shape[1]
-        self.head = nn.Linear(features, ways)
+        self.head: nn.Module = (
+            CosineHead(features, ways, cosine_scale) if head == "cosine" else nn.Linear(features, ways)
+        )
 
     def features(
         self, x: torch.Tensor, norm_stats: NormStats | None = None
@@ -94,13 +111,17 @@ class Conv4(nn.Module):
         return x.flatten(1), used
 
     def forward(
-        self, x: torch.Tensor, norm_stats: NormStats | None = None, return_stats: bool = False
+        self,
+        x: torch.Tensor,
+        norm_stats: NormStats | None = None,
+        return_stats: bool = False,
+        embed: bool = False,
     ) -> torch.Tensor | tuple[torch.Tensor, NormStats]:
-        """x: [N, C, H, W] -> logits [N, ways] (and the norm statistics used, if asked);
-        batch statistics unless `norm_stats` is given."""
+        """x: [N, C, H, W] -> logits [N, ways], or the features [N, F] if `embed` (and the norm
+        statistics used, if `return_stats`); batch statistics unless `norm_stats` is given."""
         features, used = self.features(x, norm_stats)
-        logits = self.head(features)
-        return (logits, used) if return_stats else logits
+        out = features if embed else self.head(features)
+        return (out, used) if return_stats else out
 
 
 def build_model(cfg: ModelConfig, in_channels: int, image_size: int, ways: int) -> Conv4:
@@ -113,4 +134,4 @@ def build_model(cfg: ModelConfig, in_channels: int, image_size: int, ways: int) 
             f"model.layers = {cfg.layers}: data.image_size = {image_size} is too small for that many "
             "downsampling blocks; use fewer layers or larger images"
         )
-    return Conv4(in_channels, image_size, ways, cfg.hidden, cfg.layers, cfg.pool)
+    return Conv4(in_channels, image_size, ways, cfg.hidden, cfg.layers, cfg.pool, cfg.head, cfg.cosine_scale)

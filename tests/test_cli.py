@@ -230,7 +230,8 @@ def test_metrics_log_every_iteration_and_each_validation(story: Story) -> None:
     assert len(train) + len(val) == len(records)
     assert [r["iteration"] for r in train] == [1, 2, 3, 4]
     for r in train:
-        assert set(r) == {"iteration", "loss", "accuracy", "tasks_per_s"}
+        assert set(r) == {"iteration", "loss", "accuracy", "lr", "tasks_per_s"}
+        assert r["lr"] == 1e-3  # constant schedule
         assert math.isfinite(r["loss"]) and r["loss"] > 0
         assert 0.0 <= r["accuracy"] <= 1.0
         assert r["tasks_per_s"] > 0

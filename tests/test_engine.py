@@ -28,7 +28,7 @@ def test_confidence_interval_is_mean_and_1_96_standard_errors() -> None:
 def _learner_and_sampler(cfg: Config) -> tuple[engine.Learner, EpisodeSampler]:
     data = load_data(cfg.data)
     sampler = EpisodeSampler(data.novel, cfg.task.ways, cfg.task.shots, 3, seed=5)
-    return engine.build_learner(cfg, torch.device("cpu")), sampler
+    return engine.build_learner(cfg, torch.device("cpu"), 5), sampler
 
 
 @pytest.mark.parametrize("norm", ["transductive", "support"])
@@ -87,7 +87,7 @@ def test_finetune_adapts_on_all_labeled_pictures_and_freezes_their_statistics(ti
 
 def test_finetune_refuses_a_different_number_of_classes(tiny_cfg: Config) -> None:
     tiny_cfg.data.glyphs.novel_classes = 4
-    learner = engine.build_learner(tiny_cfg, torch.device("cpu"))
+    learner = engine.build_learner(tiny_cfg, torch.device("cpu"), 5)
     with pytest.raises(DataError, match=r"3 outputs .* 4 labeled novel"):
         engine.finetune(tiny_cfg, learner, load_data(tiny_cfg.data).novel)
 

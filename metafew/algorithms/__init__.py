@@ -9,15 +9,29 @@ from metafew.algorithms.maml import MAML
 from metafew.config import Config
 from metafew.functional import Forward
 
-ALGORITHMS: dict[str, Callable[[Config, Forward], Algorithm]] = {
-    "maml": lambda cfg, forward: MAML(cfg.algorithm, forward, cfg.train.batching, cfg.train.chunk_size),
+Builder = Callable[[Config, Forward, int], Algorithm]
+"""builder(config, forward, number of meta-train classes) -> algorithm."""
+
+
+def _maml(head_only: bool = False, per_parameter_lr: bool = False) -> Builder:
+    def build(cfg: Config, forward: Forward, train_classes: int) -> Algorithm:
+        t = cfg.train
+        return MAML(cfg.algorithm, forward, t.batching, t.chunk_size, head_only, per_parameter_lr)
+
+    return build
+
+
+ALGORITHMS: dict[str, Builder] = {
+    "maml": _maml(),
+    "anil": _maml(head_only=True),
+    "metasgd": _maml(per_parameter_lr=True),
 }
 """Every algorithm, by the name used in `algorithm.name`."""
 
 
-def build_algorithm(cfg: Config, forward: Forward) -> Algorithm:
+def build_algorithm(cfg: Config, forward: Forward, train_classes: int) -> Algorithm:
     """The algorithm `cfg.algorithm.name` on the model `forward`."""
-    return ALGORITHMS[cfg.algorithm.name](cfg, forward)
+    return ALGORITHMS[cfg.algorithm.name](cfg, forward, train_classes)
 
 
 __all__ = ["ALGORITHMS", "MAML", "Algorithm", "MetaStep", "build_algorithm", "mean_task_gradients"]

@@ -27,10 +27,18 @@ class MetaStep:
 
 
 class Algorithm(Protocol):
-    """A meta-learning algorithm: produces meta-gradients; the engine owns the outer optimizer."""
+    """A meta-learning algorithm. It produces meta-gradients; the engine owns the outer optimizer.
 
-    def meta_gradients(self, params: Params, episodes: list[Episode]) -> MetaStep:
-        """Gradients of the meta-batch's mean query loss w.r.t. `params`."""
+    `params` always holds the model's parameters plus the `algo.*` tensors the algorithm asked
+    for in `init_meta_params` (learned learning rates, per-step BatchNorm, a pre-training head).
+    """
+
+    def init_meta_params(self, params: Params) -> Params:
+        """Initial values of the algorithm's own meta-learned tensors (keys `algo.*`), or {}."""
+        ...
+
+    def meta_gradients(self, params: Params, episodes: list[Episode], iteration: int) -> MetaStep:
+        """Gradients (or pseudo-gradients) of meta-batch `iteration` w.r.t. `params`."""
         ...
 
     def adapt(
@@ -39,9 +47,10 @@ class Algorithm(Protocol):
         support_x: torch.Tensor,
         support_y: torch.Tensor,
         steps: int,
-        lr: float,
+        lr: float | None = None,
     ) -> Params:
-        """Task-specific parameters from the support set (no outer graph needed)."""
+        """Model parameters for the task whose support set is given (`lr` None: the algorithm's
+        own step size); the result goes straight into `forward`."""
         ...
 
 

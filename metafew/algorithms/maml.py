@@ -1,15 +1,30 @@
-"""MAML and first-order MAML.
+"""MAML, first-order MAML, ANIL, Meta-SGD and the MAML++ options: one inner loop.
 
-Finn, Abbeel & Levine, "Model-Agnostic Meta-Learning for Fast Adaptation of Deep Networks",
-ICML 2017 (arXiv:1703.03400).
+MAML — Finn, Abbeel & Levine, ICML 2017 (arXiv:1703.03400). For task i with support S_i and
+query Q_i (α = `inner_lr`, K = `inner_steps`):
+    φ_i⁰ = θ,   φ_iᵏ⁺¹ = φ_iᵏ − α ∇_φ L_{S_i}(φ_iᵏ)
+    θ ← θ − β ∇_θ (1/T) Σ_i L_{Q_i}(φ_iᴷ)          (β: the engine's outer optimizer)
+The meta-gradient back-propagates through the inner steps; `first_order: true` treats the inner
+gradients as constants (section 5.2 of the paper).
 
-Inner loop, for each task i with support set S_i and query set Q_i (α = `inner_lr`):
-    φ_i⁰ = θ,   φ_iᵏ⁺¹ = φ_iᵏ − α ∇_φ L_{S_i}(φ_iᵏ)          (k < `inner_steps`)
-Outer objective (β = `train.outer_lr`, applied by the engine's Adam):
-    θ ← θ − β ∇_θ (1/T) Σ_i L_{Q_i}(φ_i)
-The meta-gradient back-propagates through the inner steps (Hessian-vector products). With
-`first_order: true` the inner gradients are treated as constants, which drops those terms
-(first-order MAML, section 5.2 of the paper); the code path is otherwise the same.
+ANIL — Raghu, Raghu, Bengio & Vinyals, ICLR 2020 (arXiv:1909.09157): the inner loop adapts only
+the head; the body is learned by the outer loop alone.
+
+Meta-SGD — Li, Zhou, Chen & Li 2017 (arXiv:1707.09835): α becomes a meta-learned tensor of the
+parameters' shape, φ = θ − α ∘ ∇L_S(θ), initialised at `inner_lr`.
+
+MAML++ — Antoniou, Edwards & Storkey, ICLR 2019 (arXiv:1810.09502), as options of
+`algorithm.maml`:
+  multi_step_loss (MSL): L = Σ_k w_k(t) L_Q(φᵏ), with w uniform at first; every non-final weight
+      decays linearly to 0.03/K over `msl_iterations`, the final one takes up the rest;
+  learn_inner_lr (LSLR): one learned α per parameter tensor and inner step;
+  per_step_bn (BNWB): BatchNorm weights and biases per inner step (step k's forward uses set k,
+      the query forward set K); they are meta-learned, not adapted in the inner loop. There are no
+      running statistics to keep per step, since BatchNorm always uses batch statistics here;
+  first_order_iterations (DA): first-order for the first N outer iterations, then second order.
+Cosine annealing of β is the engine's `train.lr_schedule: cosine`.
+Past the trained number of steps (e.g. more steps at test time) LSLR and BNWB reuse the last
+step's values.
 """
 
 from __future__ import annotations
@@ -19,20 +34,102 @@ from torch.func import grad
 
 from metafew.algorithms.base import MetaStep, mean_task_gradients
 from metafew.config import AlgorithmConfig
-from metafew.functional import Forward, Params, detach, loss_and_accuracy, sgd_step
+from metafew.functional import Forward, Params, detach, loss_and_accuracy, model_params
 from metafew.tasks import Episode
 
 
-class MAML:
-    """MAML on a pure `forward(params, x)`; see the module docstring for the update rule."""
+def msl_weights(steps: int, iteration: int, anneal_iterations: int) -> list[float]:
+    """MAML++ multi-step loss weights for steps 1..K at outer `iteration` (sum to 1)."""
+    if steps == 1:
+        return [1.0]
+    decay = (1.0 / steps) / anneal_iterations
+    low = 0.03 / steps
+    others = max(1.0 / steps - iteration * decay, low)
+    return [others] * (steps - 1) + [1.0 - others * (steps - 1)]
 
-    def __init__(self, cfg: AlgorithmConfig, forward: Forward, batching: str = "loop", chunk_size: int = 0):
+
+class MAML:
+    """The MAML family on a pure `forward(params, x)`; see the module docstring."""
+
+    def __init__(
+        self,
+        cfg: AlgorithmConfig,
+        forward: Forward,
+        batching: str = "loop",
+        chunk_size: int = 0,
+        head_only: bool = False,
+        per_parameter_lr: bool = False,
+    ):
         self.cfg, self.forward = cfg, forward
         self.batching, self.chunk_size = batching, chunk_size
+        self.head_only, self.per_parameter_lr = head_only, per_parameter_lr
 
-    def support_loss(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of the support set: x [S, C, H, W], y [S]."""
-        return loss_and_accuracy(self.forward(params, x), y)[0]
+    # -- parameters ------------------------------------------------------------------------
+
+    def inner_keys(self, params: Params) -> list[str]:
+        """The model parameters the inner loop adapts."""
+        keys = [k for k in model_params(params) if not (self.head_only and not k.startswith("head."))]
+        return [k for k in keys if not (self.cfg.maml.per_step_bn and ".norm." in k)]
+
+    def init_meta_params(self, params: Params) -> Params:
+        """Meta-SGD's per-element α, LSLR's per-layer per-step α, BNWB's per-step BatchNorm."""
+        cfg, meta = self.cfg, {}
+        for key in self.inner_keys(params):
+            if self.per_parameter_lr:
+                meta[f"algo.lr.{key}"] = torch.full_like(params[key].detach(), cfg.inner_lr)
+            elif cfg.maml.learn_inner_lr:
+                for step in range(cfg.inner_steps):
+                    meta[f"algo.lr.{key}.{step}"] = torch.tensor(cfg.inner_lr, device=params[key].device)
+        if cfg.maml.per_step_bn:
+            for step in range(cfg.inner_steps + 1):
+                for key in (k for k in model_params(params) if ".norm." in k):
+                    meta[f"algo.bn.{step}.{key}"] = params[key].detach().clone()
+        return meta
+
+    def _lr(self, params: Params, key: str, step: int, override: float | None) -> torch.Tensor | float:
+        if override is not None:
+            return override
+        if self.per_parameter_lr:
+            return params[f"algo.lr.{key}"]
+        if self.cfg.maml.learn_inner_lr:
+            return params[f"algo.lr.{key}.{min(step, self.cfg.inner_steps - 1)}"]
+        return self.cfg.inner_lr
+
+    def _at_step(self, params: Params, weights: Params, step: int) -> Params:
+        """Model weights for a forward pass at inner step `step` (BNWB swaps in set `step`)."""
+        if not self.cfg.maml.per_step_bn:
+            return weights
+        s = min(step, self.cfg.inner_steps)
+        return {k: params[f"algo.bn.{s}.{k}"] if ".norm." in k else v for k, v in weights.items()}
+
+    # -- the inner loop --------------------------------------------------------------------
+
+    def inner_loop(
+        self,
+        params: Params,
+        support_x: torch.Tensor,
+        support_y: torch.Tensor,
+        steps: int,
+        lr: float | None = None,
+        first_order: bool = False,
+    ) -> list[Params]:
+        """[φ⁰, ..., φᴷ]: the model weights before and after each inner SGD step, each ready for
+        `forward`. support_x: [S, C, H, W], support_y: [S]."""
+        weights = model_params(params)
+        keys = self.inner_keys(params)
+        trajectory = [self._at_step(params, weights, 0)]
+        for step in range(steps):
+
+            def support_loss(adapted: Params, step: int = step, weights: Params = weights) -> torch.Tensor:
+                full = self._at_step(params, {**weights, **adapted}, step)
+                return loss_and_accuracy(self.forward(full, support_x), support_y)[0]
+
+            grads = grad(support_loss)({k: weights[k] for k in keys})
+            if first_order:
+                grads = detach(grads)
+            weights = {**weights, **{k: weights[k] - self._lr(params, k, step, lr) * grads[k] for k in keys}}
+            trajectory.append(self._at_step(params, weights, step + 1))
+        return trajectory
 
     def adapt(
         self,
@@ -40,16 +137,12 @@ class MAML:
         support_x: torch.Tensor,
         support_y: torch.Tensor,
         steps: int,
-        lr: float,
-        first_order: bool = False,
+        lr: float | None = None,
     ) -> Params:
-        """`steps` plain SGD steps of size `lr` on the support loss; differentiable w.r.t.
-        `params` (second order) unless `first_order`. support_x: [S, C, H, W], support_y: [S]."""
-        inner_grad = grad(self.support_loss)
-        for _ in range(steps):
-            grads = inner_grad(params, support_x, support_y)
-            params = sgd_step(params, detach(grads) if first_order else grads, lr)
-        return params
+        """φᴷ for `steps` inner steps (differentiable w.r.t. `params`)."""
+        return self.inner_loop(params, support_x, support_y, steps, lr)[-1]
+
+    # -- the outer objective ---------------------------------------------------------------
 
     def task_loss(
         self,
@@ -58,13 +151,24 @@ class MAML:
         support_y: torch.Tensor,
         query_x: torch.Tensor,
         query_y: torch.Tensor,
+        iteration: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One task, as a pure function of θ: adapt on the support, score the query.
-        Returns (query loss, query accuracy), scalars."""
+        """One task as a pure function of `params`: (query loss, final query accuracy)."""
         cfg = self.cfg
-        adapted = self.adapt(params, support_x, support_y, cfg.inner_steps, cfg.inner_lr, cfg.first_order)
-        return loss_and_accuracy(self.forward(adapted, query_x), query_y)
+        first_order = cfg.first_order or iteration < cfg.maml.first_order_iterations
+        trajectory = self.inner_loop(params, support_x, support_y, cfg.inner_steps, None, first_order)
+        loss, accuracy = loss_and_accuracy(self.forward(trajectory[-1], query_x), query_y)
+        if cfg.maml.multi_step_loss and cfg.inner_steps > 1:
+            weights = msl_weights(cfg.inner_steps, iteration, cfg.maml.msl_iterations)
+            loss = weights[-1] * loss
+            for w, phi in zip(weights[:-1], trajectory[1:-1]):
+                loss = loss + w * loss_and_accuracy(self.forward(phi, query_x), query_y)[0]
+        return loss, accuracy
 
-    def meta_gradients(self, params: Params, episodes: list[Episode]) -> MetaStep:
-        """∇_θ of the mean query loss over `episodes` (second order unless cfg.first_order)."""
-        return mean_task_gradients(self.task_loss, params, episodes, self.batching, self.chunk_size)
+    def meta_gradients(self, params: Params, episodes: list[Episode], iteration: int = 0) -> MetaStep:
+        """∇ of the mean query loss over `episodes` w.r.t. the model and `algo.*` tensors."""
+
+        def task(p: Params, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor):
+            return self.task_loss(p, sx, sy, qx, qy, iteration)
+
+        return mean_task_gradients(task, params, episodes, self.batching, self.chunk_size)
