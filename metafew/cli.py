@@ -29,6 +29,7 @@ from rich.progress import (
 from rich.table import Table
 
 from metafew import engine
+from metafew.compare import compare
 from metafew.config import (
     Config,
     describe_keys,
@@ -436,6 +437,26 @@ def runs(
     for line in lines:
         table.add_row(*line)
     console.print(table)
+
+
+@app.command("compare")
+def compare_configs(
+    configs: Annotated[list[Path], typer.Argument(help="one YAML config per algorithm")],
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="override for every config, key=value")
+    ] = None,
+    episodes: Annotated[int, typer.Option(help="test episodes per algorithm (same seeded stream)")] = 600,
+    seed: Annotated[int, typer.Option(help="seed of the shared test-episode stream")] = 1234,
+    out: Annotated[Path, typer.Option(help="where the comparison folder goes")] = Path("runs"),
+    predict: Annotated[bool, typer.Option(help="also fine-tune and score the unlabeled pictures")] = True,
+) -> None:
+    """Train each config, evaluate all on the same test episodes, print and save a table."""
+    with user_errors():
+        for config in configs:
+            load_config(config, overrides or [])  # every config valid before anything trains
+        folder, _ = compare(configs, overrides or [], out, episodes, seed, predict, console.print)
+        console.print((folder / "comparison.md").read_text(encoding="utf-8"), end="")
+        console.print(f"saved: {folder / 'comparison.md'} and comparison.json (logs beside them)")
 
 
 @app.command("config")

@@ -1,0 +1,155 @@
+"""Fair comparisons: train several configs, evaluate all on the same seeded test episodes.
+
+Each step runs as its own `python -m metafew` process so that its wall time and peak resident
+memory belong to that algorithm alone (`os.wait4` returns the child's own rusage); logs are kept
+beside the table.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from metafew.errors import MetafewError, RunError
+from metafew.runs import new_folder, write_json, write_text_atomic
+
+
+@dataclass
+class Step:
+    """One finished child process."""
+
+    code: int
+    seconds: float
+    peak_mb: float
+    stdout: str
+
+
+@dataclass
+class Entry:
+    """One row of the comparison table."""
+
+    label: str
+    config: str
+    run: str | None = None
+    accuracy: float | None = None
+    ci95: float | None = None
+    train_seconds: float | None = None
+    peak_mb: float | None = None
+    predict_accuracy: float | None = None
+    error: str | None = None
+
+
+def run_metafew(args: list[str], log: Path) -> Step:
+    """Run `python -m metafew ARGS`, output to `log`; its own wall time and peak RSS."""
+    started = time.perf_counter()
+    with log.open("w", encoding="utf-8") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "metafew", *args], stdout=out, stderr=subprocess.STDOUT
+        )
+        _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    seconds = time.perf_counter() - started
+    return Step(proc.returncode, seconds, usage.ru_maxrss / 1024, log.read_text(encoding="utf-8"))
+
+
+def _run_folder(stdout: str) -> Path:
+    for line in stdout.splitlines():
+        if line.startswith("run folder: "):
+            return Path(line.removeprefix("run folder: ").strip())
+    raise RunError("train did not report its run folder")
+
+
+def _last_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def _latest_json(folder: Path, pattern: str) -> dict:
+    files = sorted(folder.glob(pattern), key=lambda p: p.stat().st_mtime_ns)
+    if not files:
+        raise RunError(f"no {pattern} under {folder}")
+    return json.loads(files[-1].read_text(encoding="utf-8"))
+
+
+def compare_one(
+    label: str, config: Path, overrides: list[str], out: Path, episodes: int, seed: int, predict: bool
+) -> Entry:
+    """Train, evaluate and (when answers exist) fine-tune + predict one config."""
+    entry = Entry(label, str(config))
+    train = run_metafew(["train", "--config", str(config), *overrides], out / f"{label}.train.log")
+    if train.code != 0:
+        entry.error = f"train exited {train.code}: {_last_line(train.stdout)}"
+        return entry
+    run = _run_folder(train.stdout)
+    entry.run, entry.train_seconds, entry.peak_mb = str(run), train.seconds, train.peak_mb
+    eval_args = ["eval", str(run), f"eval.episodes={episodes}", f"eval.seed={seed}"]
+    evaluation = run_metafew(eval_args, out / f"{label}.eval.log")
+    if evaluation.code != 0:
+        entry.error = f"eval exited {evaluation.code}: {_last_line(evaluation.stdout)}"
+        return entry
+    result = _latest_json(run / "eval", "*.json")
+    entry.accuracy, entry.ci95 = result["accuracy"], result["ci95"]
+    if predict:
+        tuned = run_metafew(["finetune", str(run)], out / f"{label}.finetune.log")
+        folders = (
+            sorted((run / "finetune").glob("*"), key=lambda p: p.stat().st_mtime_ns)
+            if tuned.code == 0
+            else []
+        )
+        if folders and run_metafew(["predict", str(folders[-1])], out / f"{label}.predict.log").code == 0:
+            entry.predict_accuracy = _latest_json(folders[-1] / "predict", "*/summary.json").get("accuracy")
+    return entry
+
+
+def format_table(entries: list[Entry], episodes: int) -> str:
+    """The comparison as a Markdown table."""
+    rows = [
+        f"| algorithm | test accuracy ({episodes} episodes, 95% CI) | unlabeled accuracy "
+        "| train time | peak RSS |",
+        "|---|---|---|---|---|",
+    ]
+    for e in entries:
+        if e.error:
+            rows.append(f"| {e.label} | failed: {e.error} | | | |")
+            continue
+        acc = "-" if e.accuracy is None or e.ci95 is None else f"{100 * e.accuracy:.2f} ± {100 * e.ci95:.2f}%"
+        pred = f"{100 * e.predict_accuracy:.1f}%" if e.predict_accuracy is not None else "-"
+        rows.append(f"| {e.label} | {acc} | {pred} | {e.train_seconds:.0f} s | {e.peak_mb:.0f} MB |")
+    return "\n".join(rows) + "\n"
+
+
+def compare(
+    configs: list[Path],
+    overrides: list[str],
+    out_root: Path,
+    episodes: int,
+    seed: int,
+    predict: bool,
+    progress: Callable[[str], None] | None = None,
+) -> tuple[Path, list[Entry]]:
+    """Run every config (same overrides, same `episodes` test episodes of stream `seed`); write
+    comparison.md and comparison.json into a new folder under `out_root`."""
+    labels = [c.stem for c in configs]
+    if len(set(labels)) != len(labels):
+        raise MetafewError("two configs share a file name; the names label the table rows")
+    out = new_folder(out_root, "compare")
+    entries = []
+    for label, config in zip(labels, configs):
+        if progress is not None:
+            progress(f"{label}: training")
+        entries.append(compare_one(label, config, overrides, out, episodes, seed, predict))
+        summary = {
+            "episodes": episodes,
+            "seed": seed,
+            "overrides": overrides,
+            "entries": [asdict(e) for e in entries],
+        }
+        write_json(out / "comparison.json", summary)
+    write_text_atomic(out / "comparison.md", format_table(entries, episodes))
+    return out, entries
