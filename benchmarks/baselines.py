@@ -115,7 +115,7 @@ def main() -> None:
         f"dataset {cfg.data.dataset}, novel classes {', '.join(data.novel.classes)}"
     )
     t = time.perf_counter()
-    steps, lr = cfg.algorithm.eval_inner_steps, cfg.algorithm.inner_lr
+    steps, lr = cfg.algorithm.eval_inner_steps, None  # None: the algorithm's own step size
     accs = engine.evaluate(learner, sampler, args.episodes, steps, lr, cfg.eval.norm, cfg.eval.chunk_size)
     report(
         f"MAML ({cfg.algorithm.eval_inner_steps} steps, {cfg.eval.norm} BN)", accs, time.perf_counter() - t

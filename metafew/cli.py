@@ -376,7 +376,7 @@ def evaluate(
             sampler,
             cfg.eval.episodes,
             cfg.algorithm.eval_inner_steps,
-            cfg.algorithm.inner_lr,
+            None,
             cfg.eval.norm,
             cfg.eval.chunk_size,
         )

@@ -121,11 +121,12 @@ def evaluate(
     sampler: EpisodeSampler,
     episodes: int,
     steps: int,
-    lr: float,
+    lr: float | None,
     norm: str,
     chunk: int = 20,
 ) -> np.ndarray:
-    """Query accuracy of episodes 0..episodes-1 of `sampler`: [episodes] float64.
+    """Query accuracy of episodes 0..episodes-1 of `sampler`: [episodes] float64; `lr` None
+    means the algorithm's own inner step size.
 
     Each episode adapts on its support set and classifies its queries; `chunk` episodes run at
     once under vmap (no outer graph is kept, so memory stays small). `norm` transductive:
@@ -244,7 +245,7 @@ def _validate(cfg: Config, learner: Learner, sampler: EpisodeSampler) -> tuple[f
         sampler,
         cfg.train.val_episodes,
         cfg.algorithm.eval_inner_steps,
-        cfg.algorithm.inner_lr,
+        None,  # the algorithm's own step size (learned for Meta-SGD and MAML++ LSLR)
         cfg.eval.norm,
     )
     return confidence_interval(accs)
@@ -369,7 +370,7 @@ def finetune(cfg: Config, learner: Learner, labeled: LabeledImages) -> Finetuned
             f"were given ({', '.join(labeled.classes)}); meta-train with task.ways={len(labeled.classes)}"
         )
     steps = cfg.algorithm.eval_inner_steps if cfg.finetune.steps is None else cfg.finetune.steps
-    lr = cfg.algorithm.inner_lr if cfg.finetune.lr is None else cfg.finetune.lr
+    lr = cfg.finetune.lr  # None: the algorithm's own (α, or the learned step sizes)
     x = to_float(labeled.images).to(learner.device)
     y = labeled.labels.to(learner.device)
     with torch.no_grad():

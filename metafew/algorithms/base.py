@@ -74,7 +74,10 @@ def mean_task_gradients(
             loss, acc = loss[None], acc[None]
         else:
             loss, acc = vmap(task_fn, in_dims=(None, 0, 0, 0, 0))(params, *stack_episodes(chunk))
-        part = torch.autograd.grad(loss.sum() / len(episodes), leaves)
+        # some tensors may go unused (BNWB replaces the model's own BatchNorm): zero gradient
+        part = torch.autograd.grad(
+            loss.sum() / len(episodes), leaves, allow_unused=True, materialize_grads=True
+        )
         grads = list(part) if grads is None else [g + p for g, p in zip(grads, part)]
         losses.append(loss.detach())
         accuracies.append(acc.detach())
