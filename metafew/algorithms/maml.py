@@ -79,7 +79,9 @@ class MAML:
                 meta[f"algo.lr.{key}"] = torch.full_like(params[key].detach(), cfg.inner_lr)
             elif cfg.maml.learn_inner_lr:
                 for step in range(cfg.inner_steps):
-                    meta[f"algo.lr.{key}.{step}"] = torch.tensor(cfg.inner_lr, device=params[key].device)
+                    meta[f"algo.lr.{key}.{step}"] = torch.tensor(
+                        cfg.inner_lr, dtype=params[key].dtype, device=params[key].device
+                    )
         if cfg.maml.per_step_bn:
             for step in range(cfg.inner_steps + 1):
                 for key in (k for k in model_params(params) if ".norm." in k):
