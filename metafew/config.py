@@ -54,15 +54,65 @@ class GlyphsConfig:
     novel_unlabeled: int = param(15, "unlabeled images per novel class (for predict)", ge=0)
 
 
+OMNIGLOT_SOURCES = ("small1", "small2", "background", "evaluation")
+"""Omniglot parts by short name: images_background_small1/2 (the minimal background sets),
+images_background (30 alphabets) and images_evaluation (20 alphabets)."""
+
+
+def comma_list(text: str) -> list[str]:
+    """`"a, b,,c"` -> `["a", "b", "c"]`: a comma-separated config value as a list of names."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+@dataclass
+class OmniglotConfig:
+    """Omniglot (Lake et al. 2015) read from the official zips or their folders in data.root."""
+
+    sources: str = param(
+        "small1+small2", "'+'-joined parts to use: small1, small2, background, evaluation (zip or folder)"
+    )
+    test_alphabets: str = param(
+        "Japanese_(katakana),Sanskrit,Tagalog", "comma-separated alphabets held out as the novel classes"
+    )
+    val_alphabets: str = param("", "comma-separated alphabets held out for validation ('' = none)")
+    rotations: bool = param(True, "add 90/180/270° rotated meta-train characters as extra classes")
+    novel_labeled: int = param(
+        20, "labeled drawers per novel character; the other drawers become unlabeled pictures", ge=1, le=20
+    )
+
+    def __post_init__(self) -> None:
+        # name syntax and overlaps are checked here, at load time; whether the alphabets exist
+        # depends on the files and is checked by the loader
+        parts = [part.strip() for part in self.sources.split("+")]
+        bad = [part for part in parts if part not in OMNIGLOT_SOURCES]
+        if bad or len(set(parts)) != len(parts):
+            raise ConfigError(
+                f"data.omniglot.sources = {self.sources!r}: must be distinct names from "
+                f"{', '.join(OMNIGLOT_SOURCES)} joined by '+', e.g. small1+small2"
+            )
+        if not comma_list(self.test_alphabets):
+            raise ConfigError(
+                "data.omniglot.test_alphabets is empty: name the alphabets of the novel classes"
+            )
+        both = sorted(set(comma_list(self.test_alphabets)) & set(comma_list(self.val_alphabets)))
+        if both:
+            raise ConfigError(
+                f"alphabets in both data.omniglot.test_alphabets and val_alphabets: {', '.join(both)}"
+            )
+
+
 @dataclass
 class DataConfig:
     """Where images come from and how they are decoded."""
 
-    dataset: str = param("glyphs", "dataset name (see `metafew data list`)", choices=("glyphs", "folder"))
+    dataset: str = param(
+        "glyphs", "dataset name (see `metafew data list`)", choices=("glyphs", "folder", "omniglot")
+    )
     root: str | None = param(None, "folder dataset root holding meta_train/ and novel/")
     image_size: int = param(28, "images are resized to image_size x image_size pixels", ge=4)
     channels: int = param(1, "1 = grayscale, 3 = RGB", choices=None, ge=1, le=3)
     glyphs: GlyphsConfig = section(GlyphsConfig)
+    omniglot: OmniglotConfig = section(OmniglotConfig)
 
 
 @dataclass
@@ -151,7 +201,9 @@ class FinetuneConfig:
     """Adaptation of the meta-learned model to the labeled novel pictures."""
 
     steps: int | None = param(None, "SGD steps (null: algorithm.eval_inner_steps)", ge=0)
-    lr: float | None = param(None, "SGD step size (null: algorithm.inner_lr)", gt=0)
+    lr: float | None = param(
+        None, "SGD step size (null: the algorithm's own: α, or learned step sizes)", gt=0
+    )
 
 
 @dataclass

@@ -9,10 +9,12 @@ from metafew.config import DataConfig
 from metafew.data.base import FewShotData, LabeledImages, UnlabeledImages, to_float
 from metafew.data.folder import load_class_folders, load_folder_dataset, load_unlabeled
 from metafew.data.glyphs import load_glyphs
+from metafew.data.omniglot import load_omniglot
 
 DATASETS: dict[str, Callable[[DataConfig], FewShotData]] = {
     "glyphs": lambda cfg: load_glyphs(cfg.glyphs, cfg.image_size, cfg.channels),
     "folder": lambda cfg: load_folder_dataset(Path(cfg.root or "."), cfg.image_size, cfg.channels),
+    "omniglot": load_omniglot,
 }
 """Every dataset metafew can load, by the name used in `data.dataset`."""
 
