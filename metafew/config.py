@@ -167,7 +167,7 @@ class AlgorithmConfig:
     )
     inner_lr: float = param(0.4, "α, step size of the inner SGD update", gt=0)
     inner_steps: int = param(1, "inner SGD steps per task during meta-training", ge=1)
-    eval_inner_steps: int = param(3, "inner SGD steps at validation, eval and fine-tune", ge=0)
+    eval_inner_steps: int = param(10, "inner SGD steps at validation, eval and fine-tune", ge=0)
     first_order: bool = param(False, "drop second-order terms (first-order MAML)")
     maml: MAMLConfig = section(MAMLConfig)
     reptile: ReptileConfig = section(ReptileConfig)

@@ -40,12 +40,12 @@ def stroke_program(seed: int, cls: int) -> np.ndarray:
 def _jitter(program: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, float]:
     """Per-sample variation: control-point noise, then a random affine map about the centre."""
     points = program + rng.normal(0.0, 0.03, size=program.shape)
-    angle = rng.normal(0.0, np.deg2rad(12.0))
+    angle = rng.normal(0.0, np.deg2rad(15.0))
     scale = rng.uniform(0.85, 1.1, size=2)
     shear = rng.normal(0.0, 0.12)
     rot = np.array([[np.cos(angle), -np.sin(angle)], [np.sin(angle), np.cos(angle)]])
     affine = rot @ np.array([[1.0, shear], [0.0, 1.0]]) @ np.diag(scale)
-    shift = rng.normal(0.0, 0.05, size=2)
+    shift = rng.normal(0.0, 0.09, size=2)
     points = (points - 0.5) @ affine.T + 0.5 + shift
     width = rng.uniform(0.03, 0.065)
     return points, width
