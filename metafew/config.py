@@ -106,9 +106,9 @@ class DataConfig:
     """Where images come from and how they are decoded."""
 
     dataset: str = param(
-        "glyphs", "dataset name (see `metafew data list`)", choices=("glyphs", "folder", "omniglot")
+        "glyphs", "dataset name (see the README's Datasets section)", choices=("glyphs", "folder", "omniglot")
     )
-    root: str | None = param(None, "folder dataset root holding meta_train/ and novel/")
+    root: str | None = param(None, "folder: root holding meta_train/ and novel/; omniglot: the zips' folder")
     image_size: int = param(28, "images are resized to image_size x image_size pixels", ge=4)
     channels: int = param(1, "1 = grayscale, 3 = RGB", choices=None, ge=1, le=3)
     glyphs: GlyphsConfig = section(GlyphsConfig)
@@ -416,8 +416,10 @@ def from_dict(raw: dict[str, Any]) -> Config:
 
 
 def _check_consistency(cfg: Config) -> None:
-    if cfg.data.dataset == "folder" and not cfg.data.root:
-        raise ConfigError("data.root is required when data.dataset = folder, e.g. data.root=my_data")
+    if cfg.data.dataset in ("folder", "omniglot") and not cfg.data.root:
+        raise ConfigError(
+            f"data.root is required when data.dataset = {cfg.data.dataset}, e.g. data.root=my_data"
+        )
     if cfg.data.channels not in (1, 3):
         raise ConfigError(f"data.channels = {cfg.data.channels}: must be 1 (grayscale) or 3 (RGB)")
 
