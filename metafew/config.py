@@ -420,6 +420,11 @@ def _check_consistency(cfg: Config) -> None:
         raise ConfigError(
             f"data.root is required when data.dataset = {cfg.data.dataset}, e.g. data.root=my_data"
         )
+    if cfg.algorithm.name == "protonet" and cfg.model.head != "linear":
+        raise ConfigError(
+            f"model.head = {cfg.model.head!r}: protonet classifies by distance to class means and needs "
+            "model.head=linear"
+        )
     if cfg.data.channels not in (1, 3):
         raise ConfigError(f"data.channels = {cfg.data.channels}: must be 1 (grayscale) or 3 (RGB)")
 

@@ -67,3 +67,39 @@ def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch
     """logits [N, ways], labels [N] -> (mean cross-entropy, fraction correct), both scalars."""
     accuracy = (logits.argmax(dim=-1) == labels).float().mean()
     return F.cross_entropy(logits, labels), accuracy
+
+
+def tree_sub(a: Params, b: Params) -> Params:
+    """a − b, key by key."""
+    return {k: a[k] - b[k] for k in a}
+
+
+AdamState = tuple[Params, Params, int]
+"""(first moments m, second moments v, steps taken t) of a functional Adam."""
+
+
+def adam_init(params: Params) -> AdamState:
+    """Adam's state before its first step: zero moments, t = 0."""
+    zeros = {k: torch.zeros_like(p) for k, p in params.items()}
+    return zeros, dict(zeros), 0
+
+
+def adam_step(
+    params: Params,
+    grads: Params,
+    state: AdamState,
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> tuple[Params, AdamState]:
+    """One Adam step (Kingma & Ba 2015, Algorithm 1; the update torch.optim.Adam makes):
+    m ← β1·m + (1−β1)·g,  v ← β2·v + (1−β2)·g²,  θ ← θ − lr·m̂ / (√v̂ + eps)
+    with the bias-corrected m̂ = m / (1−β1ᵗ), v̂ = v / (1−β2ᵗ). Returns (θ', new state)."""
+    m, v, t = state
+    t += 1
+    b1, b2 = betas
+    m = {k: b1 * m[k] + (1 - b1) * g for k, g in grads.items()}
+    v = {k: b2 * v[k] + (1 - b2) * g * g for k, g in grads.items()}
+    c1, c2 = 1 - b1**t, 1 - b2**t
+    new = {k: p - lr * (m[k] / c1) / (torch.sqrt(v[k] / c2) + eps) for k, p in params.items()}
+    return new, (m, v, t)

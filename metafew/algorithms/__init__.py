@@ -6,6 +6,9 @@ from collections.abc import Callable
 
 from metafew.algorithms.base import Algorithm, MetaStep, mean_task_gradients
 from metafew.algorithms.maml import MAML
+from metafew.algorithms.pretrain import Pretrain
+from metafew.algorithms.protonet import ProtoNet
+from metafew.algorithms.reptile import Reptile
 from metafew.config import Config
 from metafew.functional import Forward
 
@@ -21,10 +24,27 @@ def _maml(head_only: bool = False, per_parameter_lr: bool = False) -> Builder:
     return build
 
 
+def _reptile(cfg: Config, forward: Forward, train_classes: int) -> Algorithm:
+    t = cfg.train
+    return Reptile(cfg.algorithm, forward, t.batching, t.chunk_size, t.seed)
+
+
+def _protonet(cfg: Config, forward: Forward, train_classes: int) -> Algorithm:
+    return ProtoNet(forward, cfg.task.ways, cfg.model.head, cfg.train.batching, cfg.train.chunk_size)
+
+
+def _pretrain(cfg: Config, forward: Forward, train_classes: int) -> Algorithm:
+    scale = cfg.model.cosine_scale if cfg.model.head == "cosine" else None
+    return Pretrain(forward, train_classes, cfg.task.ways, cfg.algorithm.inner_lr, scale, cfg.train.seed)
+
+
 ALGORITHMS: dict[str, Builder] = {
     "maml": _maml(),
     "anil": _maml(head_only=True),
     "metasgd": _maml(per_parameter_lr=True),
+    "reptile": _reptile,
+    "protonet": _protonet,
+    "pretrain": _pretrain,  # Baseline; Baseline++ with model.head=cosine
 }
 """Every algorithm, by the name used in `algorithm.name`."""
 
@@ -34,4 +54,14 @@ def build_algorithm(cfg: Config, forward: Forward, train_classes: int) -> Algori
     return ALGORITHMS[cfg.algorithm.name](cfg, forward, train_classes)
 
 
-__all__ = ["ALGORITHMS", "MAML", "Algorithm", "MetaStep", "build_algorithm", "mean_task_gradients"]
+__all__ = [
+    "ALGORITHMS",
+    "MAML",
+    "Algorithm",
+    "MetaStep",
+    "Pretrain",
+    "ProtoNet",
+    "Reptile",
+    "build_algorithm",
+    "mean_task_gradients",
+]
