@@ -94,6 +94,9 @@ def main() -> None:
     parser.add_argument("--scratch-steps", type=int, default=100)
     parser.add_argument("--scratch-lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument(
+        "--no-maml", action="store_true", help="skip re-evaluating the run (see `metafew eval`)"
+    )
     args = parser.parse_args()
     engine.tune_allocator()
 
@@ -114,12 +117,15 @@ def main() -> None:
         f"{args.episodes} test episodes: {cfg.task.ways}-way {cfg.task.shots}-shot, {queries} queries/class, "
         f"dataset {cfg.data.dataset}, novel classes {', '.join(data.novel.classes)}"
     )
-    t = time.perf_counter()
-    steps, lr = cfg.algorithm.eval_inner_steps, None  # None: the algorithm's own step size
-    accs = engine.evaluate(learner, sampler, args.episodes, steps, lr, cfg.eval.norm, cfg.eval.chunk_size)
-    report(
-        f"MAML ({cfg.algorithm.eval_inner_steps} steps, {cfg.eval.norm} BN)", accs, time.perf_counter() - t
-    )
+    if not args.no_maml:
+        t = time.perf_counter()
+        steps, lr = cfg.algorithm.eval_inner_steps, None  # None: the algorithm's own step size
+        accs = engine.evaluate(learner, sampler, args.episodes, steps, lr, cfg.eval.norm, cfg.eval.chunk_size)
+        report(
+            f"MAML ({cfg.algorithm.eval_inner_steps} steps, {cfg.eval.norm} BN)",
+            accs,
+            time.perf_counter() - t,
+        )
     t = time.perf_counter()
     nn_accs = []
     for i in range(args.episodes):
