@@ -8,6 +8,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import random_episodes, tiny_model
 
 from metafew.algorithms import MAML
 from metafew.algorithms.base import mean_task_gradients
@@ -15,25 +16,6 @@ from metafew.config import AlgorithmConfig
 from metafew.functional import Params, make_forward
 from metafew.models import Conv4
 from metafew.tasks import Episode
-
-WAYS, SHOTS, QUERIES, SIZE = 3, 2, 2, 8
-
-
-def _model() -> Conv4:
-    torch.manual_seed(0)
-    return Conv4(in_channels=1, image_size=SIZE, ways=WAYS, hidden=4, layers=2).double()
-
-
-def _episodes(count: int, seed: int = 1) -> list[Episode]:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(count):
-        sx = torch.rand(WAYS * SHOTS, 1, SIZE, SIZE, generator=g, dtype=torch.float64)
-        qx = torch.rand(WAYS * QUERIES, 1, SIZE, SIZE, generator=g, dtype=torch.float64)
-        sy = torch.arange(WAYS).repeat_interleave(SHOTS)
-        qy = torch.arange(WAYS).repeat_interleave(QUERIES)
-        out.append(Episode(sx, sy, qx, qy, torch.arange(WAYS)))
-    return out
 
 
 def _maml(
@@ -71,8 +53,8 @@ def _meta_loss(model: Conv4, params: Params, episodes: list[Episode], steps: int
 
 
 def test_adapt_equals_a_manual_sgd_step() -> None:
-    model = _model()
-    ep = _episodes(1)[0]
+    model = tiny_model()
+    ep = random_episodes(1)[0]
     params = dict(model.named_parameters())
     adapted = _maml(model).adapt(params, ep.support_x, ep.support_y, steps=1, lr=0.3)
     manual = copy.deepcopy(model)
@@ -86,7 +68,7 @@ def test_adapt_equals_a_manual_sgd_step() -> None:
 @pytest.mark.parametrize(("batching", "chunk"), [("loop", 0), ("vmap", 0), ("vmap", 2)])
 @pytest.mark.parametrize("first_order", [False, True])
 def test_meta_gradient_equals_hand_written_reference(batching: str, chunk: int, first_order: bool) -> None:
-    model, episodes = _model(), _episodes(3)
+    model, episodes = tiny_model(), random_episodes(3)
     step = _maml(model, first_order, batching, chunk).meta_gradients(dict(model.named_parameters()), episodes)
     expected = reference_meta_gradient(model, episodes, lr=0.3, steps=2, first_order=first_order)
     for name, g in expected.items():
@@ -96,7 +78,7 @@ def test_meta_gradient_equals_hand_written_reference(batching: str, chunk: int, 
 
 @pytest.mark.parametrize("batching", ["loop", "vmap"])
 def test_second_order_meta_gradient_matches_finite_differences(batching: str) -> None:
-    model, episodes = _model(), _episodes(2)
+    model, episodes = tiny_model(), random_episodes(2)
     params = {k: v.detach() for k, v in model.named_parameters()}
     grads = _maml(model, batching=batching).meta_gradients(dict(model.named_parameters()), episodes).grads
     g = torch.Generator().manual_seed(7)
@@ -111,7 +93,7 @@ def test_second_order_meta_gradient_matches_finite_differences(batching: str) ->
 
 
 def test_first_order_differs_from_second_order_and_from_finite_differences() -> None:
-    model, episodes = _model(), _episodes(2)
+    model, episodes = tiny_model(), random_episodes(2)
     params = dict(model.named_parameters())
     second = _maml(model).meta_gradients(params, episodes).grads
     first = _maml(model, first_order=True).meta_gradients(params, episodes).grads
@@ -134,7 +116,7 @@ def test_first_order_differs_from_second_order_and_from_finite_differences() -> 
 
 def test_vanishing_inner_lr_reduces_maml_to_the_query_loss_gradient() -> None:
     # with α -> 0 the adapted weights are θ itself, so the meta-gradient is ∇θ of the query loss
-    model, episodes = _model(), _episodes(2)
+    model, episodes = tiny_model(), random_episodes(2)
     params = dict(model.named_parameters())
     maml = MAML(AlgorithmConfig(inner_lr=1e-12, inner_steps=1), make_forward(model))
     step = maml.meta_gradients(params, episodes)
@@ -145,7 +127,7 @@ def test_vanishing_inner_lr_reduces_maml_to_the_query_loss_gradient() -> None:
 
 
 def test_mean_task_gradients_weights_every_task_equally_across_chunks() -> None:
-    model, episodes = _model(), _episodes(5)
+    model, episodes = tiny_model(), random_episodes(5)
     maml = _maml(model)
     params = dict(model.named_parameters())
     whole = mean_task_gradients(maml.task_loss, params, episodes, "vmap", 0)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import random_episodes, tiny_model
 from torch.func import functional_call
 
 from metafew import engine
@@ -22,7 +23,7 @@ from metafew.models import Conv4, build_model
 from metafew.runs import create_run, load_checkpoint
 from metafew.tasks import Episode
 
-WAYS, SHOTS, QUERIES, SIZE, LR = 3, 2, 2, 8, 0.3
+LR = 0.3
 RTOL, ATOL = 1e-9, 1e-11
 
 LrOf = Callable[[str, int], torch.Tensor | float]
@@ -31,23 +32,6 @@ BnOf = Callable[[int], Params]
 
 # ---------------------------------------------------------------------------------------------
 # fixtures and the hand-written reference
-
-
-def _model() -> Conv4:
-    torch.manual_seed(0)
-    return Conv4(in_channels=1, image_size=SIZE, ways=WAYS, hidden=4, layers=2).double()
-
-
-def _episodes(count: int, seed: int = 1) -> list[Episode]:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(count):
-        sx = torch.rand(WAYS * SHOTS, 1, SIZE, SIZE, generator=g, dtype=torch.float64)
-        qx = torch.rand(WAYS * QUERIES, 1, SIZE, SIZE, generator=g, dtype=torch.float64)
-        sy = torch.arange(WAYS).repeat_interleave(SHOTS)
-        qy = torch.arange(WAYS).repeat_interleave(QUERIES)
-        out.append(Episode(sx, sy, qx, qy, torch.arange(WAYS)))
-    return out
 
 
 def _algo(
@@ -154,7 +138,7 @@ def _body(params: Params) -> list[str]:
 
 
 def test_anil_adapts_only_the_head_and_leaves_the_body_at_theta() -> None:
-    model, ep = _model(), _episodes(1)[0]
+    model, ep = tiny_model(), random_episodes(1)[0]
     params = _leaves(model)
     anil = _algo(model, head_only=True)
     assert anil.inner_keys(params) == _head(params)
@@ -169,7 +153,7 @@ def test_anil_adapts_only_the_head_and_leaves_the_body_at_theta() -> None:
 @pytest.mark.parametrize("batching", ["loop", "vmap"])
 @pytest.mark.parametrize("first_order", [False, True])
 def test_anil_meta_gradient_equals_a_head_only_reference(batching: str, first_order: bool) -> None:
-    model, episodes = _model(), _episodes(2)
+    model, episodes = tiny_model(), random_episodes(2)
     params = _leaves(model)
     step = _algo(model, first_order=first_order, batching=batching, head_only=True).meta_gradients(
         params, episodes
@@ -184,7 +168,7 @@ def test_anil_meta_gradient_equals_a_head_only_reference(batching: str, first_or
 
 def test_anil_equals_maml_with_a_frozen_body() -> None:
     # Meta-SGD with α = 0 on the body and α = inner_lr on the head is MAML with a frozen body
-    model, episodes = _model(), _episodes(2)
+    model, episodes = tiny_model(), random_episodes(2)
     params = _leaves(model)
     anil = _algo(model, head_only=True).meta_gradients(params, episodes).grads
     frozen_algo = _algo(model, per_parameter_lr=True)
@@ -213,7 +197,7 @@ def _metasgd_leaves(model: Conv4, algo: MAML, seed: int = 3) -> Params:
 
 
 def test_metasgd_creates_one_learning_rate_per_element_filled_with_inner_lr() -> None:
-    model = _model()
+    model = tiny_model()
     params = dict(model.named_parameters())
     meta = _algo(model, per_parameter_lr=True).init_meta_params(params)
     assert set(meta) == {f"algo.lr.{k}" for k in params}
@@ -225,7 +209,7 @@ def test_metasgd_creates_one_learning_rate_per_element_filled_with_inner_lr() ->
 
 @pytest.mark.parametrize("steps", [1, 2])
 def test_metasgd_adapts_elementwise(steps: int) -> None:
-    model, ep = _model(), _episodes(1)[0]
+    model, ep = tiny_model(), random_episodes(1)[0]
     algo = _algo(model, per_parameter_lr=True)
     params = _metasgd_leaves(model, algo)
     adapted = algo.adapt(params, ep.support_x, ep.support_y, steps)
@@ -244,7 +228,7 @@ def test_metasgd_adapts_elementwise(steps: int) -> None:
 
 @pytest.mark.parametrize("batching", ["loop", "vmap"])
 def test_metasgd_meta_gradient_equals_the_reference_including_the_learning_rates(batching: str) -> None:
-    model, episodes = _model(), _episodes(2)
+    model, episodes = tiny_model(), random_episodes(2)
     algo = _algo(model, batching=batching, per_parameter_lr=True)
     params = _metasgd_leaves(model, algo)
     lr_of: LrOf = lambda key, step: params[f"algo.lr.{key}"]  # noqa: E731
@@ -253,7 +237,7 @@ def test_metasgd_meta_gradient_equals_the_reference_including_the_learning_rates
 
 
 def test_metasgd_learning_rate_gradient_matches_finite_differences() -> None:
-    model, episodes = _model(), _episodes(2)
+    model, episodes = tiny_model(), random_episodes(2)
     algo = _algo(model, per_parameter_lr=True)
     params = _metasgd_leaves(model, algo)
     grads = algo.meta_gradients(params, episodes).grads
@@ -276,7 +260,7 @@ def test_metasgd_learning_rate_gradient_matches_finite_differences() -> None:
 
 
 def test_metasgd_with_equal_learning_rates_is_maml() -> None:
-    model, episodes = _model(), _episodes(2)
+    model, episodes = tiny_model(), random_episodes(2)
     algo = _algo(model, per_parameter_lr=True)
     params = _leaves(model, algo)  # every lr = inner_lr = α
     metasgd = algo.meta_gradients(params, episodes).grads
@@ -302,7 +286,7 @@ def _lslr_lr_of(params: Params, trained_steps: int) -> LrOf:
 
 
 def test_lslr_creates_one_scalar_per_tensor_and_step() -> None:
-    model = _model()
+    model = tiny_model()
     params = dict(model.named_parameters())
     meta = _algo(model, steps=2, learn_inner_lr=True).init_meta_params(params)
     assert set(meta) == {f"algo.lr.{k}.{s}" for k in params for s in (0, 1)}
@@ -310,7 +294,7 @@ def test_lslr_creates_one_scalar_per_tensor_and_step() -> None:
 
 
 def test_lslr_learning_rates_have_their_parameters_dtype() -> None:
-    model = _model()
+    model = tiny_model()
     params = dict(model.named_parameters())
     meta = _algo(model, steps=2, learn_inner_lr=True).init_meta_params(params)
     assert all(meta[f"algo.lr.{k}.{s}"].dtype == p.dtype for k, p in params.items() for s in (0, 1))
@@ -318,7 +302,7 @@ def test_lslr_learning_rates_have_their_parameters_dtype() -> None:
 
 @pytest.mark.parametrize("batching", ["loop", "vmap"])
 def test_lslr_adapted_weights_and_meta_gradient_equal_the_reference(batching: str) -> None:
-    model, episodes = _model(), _episodes(2)
+    model, episodes = tiny_model(), random_episodes(2)
     algo = _algo(model, steps=2, batching=batching, learn_inner_lr=True)
     params = _lslr_leaves(model, algo)
     lr_of = _lslr_lr_of(params, 2)
@@ -331,7 +315,7 @@ def test_lslr_adapted_weights_and_meta_gradient_equal_the_reference(batching: st
 
 
 def test_lslr_reuses_the_last_learning_rate_beyond_the_trained_steps() -> None:
-    model, ep = _model(), _episodes(1)[0]
+    model, ep = tiny_model(), random_episodes(1)[0]
     algo = _algo(model, steps=2, learn_inner_lr=True)
     params = _lslr_leaves(model, algo)
     weights = model_params(params)
@@ -383,7 +367,7 @@ def _bnwb_reference_loss(model: Conv4, params: Params, ep: Episode, steps: int, 
 
 
 def test_bnwb_creates_a_batchnorm_set_for_every_step_and_does_not_adapt_it() -> None:
-    model, ep = _model(), _episodes(1)[0]
+    model, ep = tiny_model(), random_episodes(1)[0]
     algo = _algo(model, steps=2, per_step_bn=True)
     params = _bnwb_leaves(model, algo)
     meta = algo.init_meta_params(dict(model.named_parameters()))
@@ -399,7 +383,7 @@ def test_bnwb_creates_a_batchnorm_set_for_every_step_and_does_not_adapt_it() -> 
 
 @pytest.mark.parametrize("steps", [1, 2])
 def test_bnwb_uses_set_k_at_step_k_and_set_big_k_for_the_query(steps: int) -> None:
-    model, ep = _model(), _episodes(1)[0]
+    model, ep = tiny_model(), random_episodes(1)[0]
     algo = _algo(model, steps=steps, per_step_bn=True)
     params = _bnwb_leaves(model, algo)
     loss = algo.task_loss(params, *ep.as_tuple())[0]
@@ -418,7 +402,7 @@ def test_bnwb_uses_set_k_at_step_k_and_set_big_k_for_the_query(steps: int) -> No
 
 
 def test_bnwb_reuses_the_last_set_beyond_the_trained_steps() -> None:
-    model, ep = _model(), _episodes(1)[0]
+    model, ep = tiny_model(), random_episodes(1)[0]
     algo = _algo(model, steps=1, per_step_bn=True)
     params = _bnwb_leaves(model, algo)
     keys = [k for k in model_params(params) if ".norm." not in k]
@@ -431,7 +415,7 @@ def test_bnwb_reuses_the_last_set_beyond_the_trained_steps() -> None:
 @pytest.mark.parametrize("batching", ["loop", "vmap"])
 def test_bnwb_meta_gradients_match_the_reference(batching: str) -> None:
     # the model's own BatchNorm tensors go unused under BNWB: their gradient is zero, not an error
-    model, episodes = _model(), _episodes(2)
+    model, episodes = tiny_model(), random_episodes(2)
     algo = _algo(model, steps=2, batching=batching, per_step_bn=True)
     params = _bnwb_leaves(model, algo)
     grads = algo.meta_gradients(params, episodes).grads
@@ -472,7 +456,7 @@ def _msl_reference_loss(model: Conv4, params: Params, ep: Episode, weights: list
 
 @pytest.mark.parametrize("iteration", [0, 30, 500])
 def test_msl_loss_and_gradient_equal_the_weighted_sum_by_hand(iteration: int) -> None:
-    model, episodes = _model(), _episodes(2)
+    model, episodes = tiny_model(), random_episodes(2)
     algo = _algo(model, steps=3, multi_step_loss=True, msl_iterations=100)
     params = _leaves(model)
     weights = msl_weights(3, iteration, 100)
@@ -484,7 +468,7 @@ def test_msl_loss_and_gradient_equal_the_weighted_sum_by_hand(iteration: int) ->
 
 
 def test_msl_depends_on_the_iteration_and_is_off_by_default() -> None:
-    model, ep = _model(), _episodes(1)[0]
+    model, ep = tiny_model(), random_episodes(1)[0]
     params = _leaves(model)
     msl = _algo(model, steps=3, multi_step_loss=True, msl_iterations=100)
     early = float(msl.task_loss(params, *ep.as_tuple(), iteration=0)[0].detach())
@@ -503,7 +487,7 @@ def test_msl_depends_on_the_iteration_and_is_off_by_default() -> None:
 def test_da_is_first_order_before_n_iterations_and_second_order_after(
     iteration: int, first_order: bool
 ) -> None:
-    model, episodes = _model(), _episodes(2)
+    model, episodes = tiny_model(), random_episodes(2)
     params = _leaves(model)
     algo = _algo(model, first_order_iterations=3)
     grads = algo.meta_gradients(params, episodes, iteration).grads

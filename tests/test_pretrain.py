@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import QUERIES, SHOTS, SIZE, WAYS, random_episodes, tiny_model
 
 from metafew import engine
 from metafew.algorithms import Pretrain, build_algorithm
@@ -17,27 +18,9 @@ from metafew.data import load_data
 from metafew.functional import make_forward
 from metafew.models import Conv4
 from metafew.runs import create_run, read_metrics
-from metafew.tasks import Episode
 
-WAYS, SHOTS, QUERIES, SIZE, CLASSES = 3, 2, 2, 8, 7
+CLASSES = 7
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-def _model(head: str = "linear") -> Conv4:
-    torch.manual_seed(0)
-    return Conv4(in_channels=1, image_size=SIZE, ways=WAYS, hidden=4, layers=2, head=head).double()
-
-
-def _episodes(count: int, seed: int = 1) -> list[Episode]:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(count):
-        sx = torch.rand(WAYS * SHOTS, 1, SIZE, SIZE, generator=g, dtype=torch.float64)
-        qx = torch.rand(WAYS * QUERIES, 1, SIZE, SIZE, generator=g, dtype=torch.float64)
-        sy = torch.arange(WAYS).repeat_interleave(SHOTS)
-        qy = torch.arange(WAYS).repeat_interleave(QUERIES)
-        out.append(Episode(sx, sy, qx, qy, torch.randperm(CLASSES, generator=g)[:WAYS]))
-    return out
 
 
 def _pretrain(model: Conv4, cosine: bool = False, lr: float = 0.5) -> Pretrain:
@@ -53,7 +36,7 @@ def _separable(ways: int = 4, per_class: int = 5, features: int = 6) -> tuple[to
 
 
 def test_global_labels_are_the_episodes_class_indices() -> None:
-    episodes = _episodes(2)
+    episodes = random_episodes(2, classes=CLASSES)
     x, y = global_batch(episodes)
     assert x.shape == (2 * WAYS * (SHOTS + QUERIES), 1, SIZE, SIZE)
     n = WAYS * (SHOTS + QUERIES)
@@ -65,8 +48,8 @@ def test_global_labels_are_the_episodes_class_indices() -> None:
 
 @pytest.mark.parametrize("cosine", [False, True])
 def test_gradient_equals_autograd_of_a_hand_written_loss(cosine: bool) -> None:
-    model = _model("cosine" if cosine else "linear")
-    pretrain, episodes = _pretrain(model, cosine), _episodes(3)
+    model = tiny_model("cosine" if cosine else "linear")
+    pretrain, episodes = _pretrain(model, cosine), random_episodes(3, classes=CLASSES)
     params = dict(model.named_parameters())
     params |= {k: v.clone().requires_grad_() for k, v in pretrain.init_meta_params(params).items()}
     step = pretrain.meta_gradients(params, episodes, 0)
@@ -88,13 +71,16 @@ def test_gradient_equals_autograd_of_a_hand_written_loss(cosine: bool) -> None:
 
 
 def test_the_global_head_is_deterministic_and_sized_by_the_meta_train_classes() -> None:
-    params = dict(_model().named_parameters())
-    first, again = _pretrain(_model()).init_meta_params(params), _pretrain(_model()).init_meta_params(params)
+    params = dict(tiny_model().named_parameters())
+    first, again = (
+        _pretrain(tiny_model()).init_meta_params(params),
+        _pretrain(tiny_model()).init_meta_params(params),
+    )
     assert first.keys() == {"algo.head.weight", "algo.head.bias"}
     assert first["algo.head.weight"].shape == (CLASSES, params["head.weight"].shape[1])
     assert all(torch.equal(first[k], again[k]) for k in first)
-    cosine = _pretrain(_model("cosine"), cosine=True).init_meta_params(
-        dict(_model("cosine").named_parameters())
+    cosine = _pretrain(tiny_model("cosine"), cosine=True).init_meta_params(
+        dict(tiny_model("cosine").named_parameters())
     )
     assert cosine.keys() == {"algo.head.weight"}
 
@@ -125,8 +111,8 @@ def test_the_initial_heads_are_zeros_and_imprinted_class_means() -> None:
 
 @pytest.mark.parametrize("cosine", [False, True])
 def test_adapt_fits_only_the_models_head_on_frozen_support_features(cosine: bool) -> None:
-    model = _model("cosine" if cosine else "linear")
-    pretrain, ep = _pretrain(model, cosine), _episodes(1)[0]
+    model = tiny_model("cosine" if cosine else "linear")
+    pretrain, ep = _pretrain(model, cosine), random_episodes(1, classes=CLASSES)[0]
     params = dict(model.named_parameters())
     params |= pretrain.init_meta_params(params)
     adapted = pretrain.adapt(params, ep.support_x, ep.support_y, steps=20)
@@ -159,7 +145,7 @@ def test_trains_validates_and_finetunes_through_the_engine(tiny_cfg: Config, hea
 
 def test_build_algorithm_picks_the_cosine_head_from_the_model_config(tiny_cfg: Config) -> None:
     tiny_cfg.algorithm.name, tiny_cfg.model.head = "pretrain", "cosine"
-    algorithm = build_algorithm(tiny_cfg, make_forward(_model("cosine")), 5)
+    algorithm = build_algorithm(tiny_cfg, make_forward(tiny_model("cosine")), 5)
     assert isinstance(algorithm, Pretrain) and algorithm.cosine_scale == tiny_cfg.model.cosine_scale
 
 

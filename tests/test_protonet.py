@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import WAYS, random_episodes, tiny_model
 
 from metafew import engine
 from metafew.algorithms import ProtoNet, build_algorithm
@@ -20,25 +21,7 @@ from metafew.models import Conv4
 from metafew.runs import create_run, read_metrics
 from metafew.tasks import Episode
 
-WAYS, SHOTS, QUERIES, SIZE = 3, 2, 2, 8
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-def _model() -> Conv4:
-    torch.manual_seed(0)
-    return Conv4(in_channels=1, image_size=SIZE, ways=WAYS, hidden=4, layers=2).double()
-
-
-def _episodes(count: int, seed: int = 1) -> list[Episode]:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(count):
-        sx = torch.rand(WAYS * SHOTS, 1, SIZE, SIZE, generator=g, dtype=torch.float64)
-        qx = torch.rand(WAYS * QUERIES, 1, SIZE, SIZE, generator=g, dtype=torch.float64)
-        sy = torch.arange(WAYS).repeat(SHOTS)  # interleaved labels: prototypes must not assume order
-        qy = torch.arange(WAYS).repeat_interleave(QUERIES)
-        out.append(Episode(sx, sy, qx, qy, torch.arange(WAYS)))
-    return out
 
 
 def _protonet(model: Conv4, batching: str = "loop", chunk: int = 0) -> ProtoNet:
@@ -55,7 +38,7 @@ def test_prototypes_are_class_means() -> None:
 
 
 def test_logits_are_negative_squared_distances_to_the_support_prototypes() -> None:
-    model, ep = _model(), _episodes(1)[0]
+    model, ep = tiny_model(), random_episodes(1, interleave_support=True)[0]
     with torch.no_grad():
         params = dict(model.named_parameters())
         logits = _protonet(model).logits(params, ep.support_x, ep.support_y, ep.query_x)
@@ -69,7 +52,7 @@ def test_logits_are_negative_squared_distances_to_the_support_prototypes() -> No
 
 
 def test_the_prototype_head_gives_the_softmax_of_negative_squared_distance() -> None:
-    model, ep = _model(), _episodes(1)[0]
+    model, ep = tiny_model(), random_episodes(1, interleave_support=True)[0]
     protonet = _protonet(model)
     params = dict(model.named_parameters())
     adapted = protonet.adapt(params, ep.support_x, ep.support_y, steps=3)
@@ -95,7 +78,7 @@ def hand_written_loss(model: Conv4, episodes: list[Episode]) -> torch.Tensor:
 
 @pytest.mark.parametrize(("batching", "chunk"), [("loop", 0), ("vmap", 0), ("vmap", 2)])
 def test_meta_gradient_equals_autograd_of_a_hand_written_loss(batching: str, chunk: int) -> None:
-    model, episodes = _model(), _episodes(3)
+    model, episodes = tiny_model(), random_episodes(3, interleave_support=True)
     params = dict(model.named_parameters())
     step = _protonet(model, batching, chunk).meta_gradients(params, episodes, 0)
     loss = hand_written_loss(model, episodes)
@@ -109,7 +92,7 @@ def test_meta_gradient_equals_autograd_of_a_hand_written_loss(batching: str, chu
 
 
 def test_adapt_ignores_steps_and_lr() -> None:
-    model, ep = _model(), _episodes(1)[0]
+    model, ep = tiny_model(), random_episodes(1, interleave_support=True)[0]
     protonet = _protonet(model)
     params = dict(model.named_parameters())
     a = protonet.adapt(params, ep.support_x, ep.support_y, steps=0)
@@ -122,7 +105,7 @@ def test_adapt_ignores_steps_and_lr() -> None:
 def test_a_cosine_head_is_refused_with_a_fix(tiny_cfg: Config) -> None:
     tiny_cfg.algorithm.name, tiny_cfg.model.head = "protonet", "cosine"
     with pytest.raises(ConfigError, match=r"model\.head=linear"):
-        build_algorithm(tiny_cfg, make_forward(_model()), 5)
+        build_algorithm(tiny_cfg, make_forward(tiny_model()), 5)
 
 
 def test_trains_validates_and_evaluates_through_the_engine(tiny_cfg: Config) -> None:

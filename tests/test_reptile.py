@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import random_episodes, tiny_model
 
 from metafew import engine
 from metafew.algorithms import Reptile
@@ -20,27 +21,8 @@ from metafew.errors import Interrupted
 from metafew.functional import Params, adam_init, adam_step, make_forward
 from metafew.models import Conv4
 from metafew.runs import create_run, load_checkpoint
-from metafew.tasks import Episode
 
-WAYS, SHOTS, QUERIES, SIZE = 3, 2, 2, 8
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-def _model() -> Conv4:
-    torch.manual_seed(0)
-    return Conv4(in_channels=1, image_size=SIZE, ways=WAYS, hidden=4, layers=2).double()
-
-
-def _episodes(count: int, seed: int = 1) -> list[Episode]:
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(count):
-        sx = torch.rand(WAYS * SHOTS, 1, SIZE, SIZE, generator=g, dtype=torch.float64)
-        qx = torch.rand(WAYS * QUERIES, 1, SIZE, SIZE, generator=g, dtype=torch.float64)
-        sy = torch.arange(WAYS).repeat_interleave(SHOTS)
-        qy = torch.arange(WAYS).repeat_interleave(QUERIES)
-        out.append(Episode(sx, sy, qx, qy, torch.arange(WAYS)))
-    return out
 
 
 def _reptile(
@@ -78,7 +60,7 @@ def hand_adapted(
 def test_sgd_step_of_size_one_lands_on_the_mean_adapted_weights(
     optimizer: str, batch: int, use_query: bool
 ) -> None:
-    model, episodes = _model(), _episodes(3)
+    model, episodes = tiny_model(), random_episodes(3)
     reptile = _reptile(model, optimizer, batch, use_query)
     params = {k: torch.nn.Parameter(v.detach().clone()) for k, v in model.named_parameters()}
     step = reptile.meta_gradients(params, episodes, iteration=7)
@@ -100,7 +82,7 @@ def test_sgd_step_of_size_one_lands_on_the_mean_adapted_weights(
 
 
 def test_reported_losses_are_the_query_losses_of_the_adapted_weights() -> None:
-    model, episodes = _model(), _episodes(2)
+    model, episodes = tiny_model(), random_episodes(2)
     reptile = _reptile(model)
     step = reptile.meta_gradients(dict(model.named_parameters()), episodes, iteration=0)
     for i, ep in enumerate(episodes):
@@ -119,7 +101,7 @@ def test_reported_losses_are_the_query_losses_of_the_adapted_weights() -> None:
 def test_batched_tasks_give_the_same_pseudo_gradient_as_one_at_a_time(
     batching: str, chunk: int, optimizer: str
 ) -> None:
-    model, episodes = _model(), _episodes(3)
+    model, episodes = tiny_model(), random_episodes(3)
     params = dict(model.named_parameters())
     looped = _reptile(model, optimizer).meta_gradients(params, episodes, 2)
     batched = _reptile(model, optimizer, batching=batching, chunk=chunk).meta_gradients(params, episodes, 2)
@@ -132,7 +114,7 @@ def test_batched_tasks_give_the_same_pseudo_gradient_as_one_at_a_time(
 def test_batched_reptile_averages_the_serial_pseudo_gradients() -> None:
     # full-batch inner steps: the mini-batch order plays no part, so each task's φ is the same
     # whether it runs alone (serial Reptile, meta_batch_size 1) or in a meta-batch
-    model, episodes = _model(), _episodes(3)
+    model, episodes = tiny_model(), random_episodes(3)
     reptile = _reptile(model, batch=0)
     params = dict(model.named_parameters())
     batched = reptile.meta_gradients(params, episodes, 0)
@@ -144,7 +126,7 @@ def test_batched_reptile_averages_the_serial_pseudo_gradients() -> None:
 
 def test_sgd_adapt_equals_a_hand_written_sgd_loop() -> None:
     # the support (6 pictures) is smaller than the mini-batch (10): every step uses all of it
-    model, ep = _model(), _episodes(1)[0]
+    model, ep = tiny_model(), random_episodes(1)[0]
     reptile = _reptile(model, "sgd", batch=10)
     adapted = reptile.adapt(dict(model.named_parameters()), ep.support_x, ep.support_y, steps=4, lr=0.2)
     theta = [p.detach().clone().requires_grad_() for p in model.parameters()]
@@ -158,7 +140,7 @@ def test_sgd_adapt_equals_a_hand_written_sgd_loop() -> None:
 
 
 def test_adapt_uses_the_algorithms_own_step_size_and_ignores_algo_tensors() -> None:
-    model, ep = _model(), _episodes(1)[0]
+    model, ep = tiny_model(), random_episodes(1)[0]
     reptile = _reptile(model, "adam", batch=4)
     params = dict(model.named_parameters())
     own = reptile.adapt(params, ep.support_x, ep.support_y, steps=2)
@@ -188,7 +170,7 @@ def test_functional_adam_equals_torch_adam() -> None:
 
 
 def test_mini_batches_cycle_through_permutations_seeded_by_iteration_and_task() -> None:
-    model, ep = _model(), _episodes(1)[0]
+    model, ep = tiny_model(), random_episodes(1)[0]
     reptile = _reptile(model, batch=4)  # 12 pictures (support + query), 3 steps of 4: one pass
     order = reptile.task_batches(ep, 5, 1)
     assert order.shape == (3, 4)

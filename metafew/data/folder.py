@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -34,8 +35,15 @@ def image_files(folder: Path) -> list[Path]:
     )
 
 
-def decode_image(path: Path, size: int, channels: int) -> np.ndarray:
-    """Open, convert (L or RGB) and resize one picture: [channels, size, size] uint8.
+def decode_image(
+    source: Path | BinaryIO,
+    size: int,
+    channels: int,
+    where: str | None = None,
+    resample: Image.Resampling = Image.Resampling.BILINEAR,
+) -> np.ndarray:
+    """Open, convert (L or RGB) and resize one picture (a path or an open binary file, named
+    `where` in errors): [channels, size, size] uint8.
 
     Raises DataError for unreadable, truncated or decompression-bomb files (Pillow's limits
     stay on).
@@ -43,10 +51,10 @@ def decode_image(path: Path, size: int, channels: int) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 img = img.convert("L" if channels == 1 else "RGB")
                 if img.size != (size, size):
-                    img = img.resize((size, size), Image.Resampling.BILINEAR)
+                    img = img.resize((size, size), resample)
                 array = np.asarray(img, dtype=np.uint8)
     except (
         OSError,
@@ -55,7 +63,8 @@ def decode_image(path: Path, size: int, channels: int) -> np.ndarray:
         Image.DecompressionBombError,
         Image.DecompressionBombWarning,
     ) as exc:
-        raise DataError(f"cannot read image {str(path)!r}: {exc}; remove or replace the file") from None
+        name = where or str(source)
+        raise DataError(f"cannot read image {name!r}: {exc}; remove or replace the file") from None
     return array[None] if channels == 1 else array.transpose(2, 0, 1)
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import warnings
 import zipfile
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -42,6 +41,7 @@ from PIL import Image
 
 from metafew.config import DataConfig, OmniglotConfig, comma_list
 from metafew.data.base import FewShotData, LabeledImages, UnlabeledImages
+from metafew.data.folder import decode_image
 from metafew.errors import ConfigError, DataError
 
 PARTS: dict[str, str] = {
@@ -176,24 +176,9 @@ def catalog(parts: list[_Part]) -> Catalog:
 
 
 def decode_picture(data: bytes, where: str, size: int) -> np.ndarray:
-    """One Omniglot PNG -> [size, size] uint8, ink bright (255) on dark (0)."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                gray = img.convert("L")  # 1-bit -> 0/255 first, so that resizing anti-aliases
-        if gray.size != (size, size):
-            gray = gray.resize((size, size), Image.Resampling.LANCZOS)
-        array = np.asarray(gray, dtype=np.uint8)
-    except (
-        OSError,
-        SyntaxError,
-        ValueError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-    ) as exc:
-        raise DataError(f"cannot read image {where!r}: {exc}; replace the file") from None
-    return 255 - array
+    """One Omniglot PNG -> [size, size] uint8, ink bright (255) on dark (0). The 1-bit picture
+    becomes 0/255 gray before the LANCZOS resize, so that the resize anti-aliases."""
+    return 255 - decode_image(io.BytesIO(data), size, 1, where, Image.Resampling.LANCZOS)[0]
 
 
 def decode_characters(
