@@ -221,7 +221,7 @@ class EvalConfig:
         choices=("transductive", "support"),
     )
     checkpoint: str = param("best", "which checkpoint to evaluate", choices=("best", "last"))
-    chunk_size: int = param(20, "test episodes adapted at once under vmap (1: one at a time)", ge=1)
+    chunk_size: int = param(4, "test episodes adapted at once under vmap (1: one at a time)", ge=1)
 
 
 @dataclass

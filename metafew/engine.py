@@ -123,7 +123,7 @@ def evaluate(
     steps: int,
     lr: float | None,
     norm: str,
-    chunk: int = 20,
+    chunk: int = 4,
 ) -> np.ndarray:
     """Query accuracy of episodes 0..episodes-1 of `sampler`: [episodes] float64; `lr` None
     means the algorithm's own inner step size.
