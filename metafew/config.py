@@ -188,7 +188,7 @@ class TrainConfig:
     meta_batch_size: int = param(4, "tasks per outer update", ge=1)
     batching: str = param("loop", "how tasks of a meta-batch run", choices=("loop", "vmap"))
     chunk_size: int = param(0, "tasks per vmap call (0: the whole meta-batch)", ge=0)
-    val_every: int = param(50, "validate every this many iterations (0: never)", ge=0)
+    val_every: int = param(100, "validate every this many iterations (0: never)", ge=0)
     val_episodes: int = param(100, "episodes per validation", ge=1)
     log_every: int = param(10, "write a metrics line every this many iterations", ge=1)
     checkpoint_every: int = param(50, "save checkpoints/last.pt every this many iterations", ge=1)
