@@ -1,6 +1,6 @@
 """Does meta-learning help? Compare a meta-trained run with two baselines on the same data.
 
-    python benchmarks/baselines.py runs/<run> [--episodes 600] [--scratch-steps 100]
+    python benchmarks/baselines.py runs/<run> [--episodes 600] [--scratch-steps 100] [--no-maml]
 
 For the run's novel classes it reports, on the same seeded test episodes as `metafew eval`:
   - the run's MAML accuracy (best checkpoint, the run's eval settings),
@@ -92,6 +92,7 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--episodes", type=int, default=600)
     parser.add_argument("--scratch-steps", type=int, default=100)
+    parser.add_argument("--scratch-episodes", type=int, default=None, help="default: --episodes")
     parser.add_argument("--scratch-lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2])
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument(
@@ -134,7 +135,8 @@ def main() -> None:
     report("pixel 1-NN", np.array(nn_accs), time.perf_counter() - t)
     for lr in args.scratch_lrs:
         t = time.perf_counter()
-        accs = scratch_episode_accuracy(cfg, learner, sampler, args.episodes, args.scratch_steps, lr)
+        episodes = args.scratch_episodes or args.episodes
+        accs = scratch_episode_accuracy(cfg, learner, sampler, episodes, args.scratch_steps, lr)
         report(
             f"Conv-4 from scratch (Adam {lr:g}, {args.scratch_steps} steps)", accs, time.perf_counter() - t
         )
