@@ -186,7 +186,12 @@ class TrainConfig:
     lr_schedule: str = param("constant", "β over the iterations", choices=("constant", "linear", "cosine"))
     min_lr_fraction: float = param(0.0, "linear/cosine schedules end at this fraction of β", ge=0, le=1)
     meta_batch_size: int = param(4, "tasks per outer update", ge=1)
-    batching: str = param("loop", "how tasks of a meta-batch run", choices=("loop", "vmap"))
+    batching: str = param(
+        "auto",
+        "how tasks of a meta-batch run: loop, vmap, fused (one batched pass, MAML on Conv-4 with a "
+        "linear head; else vmap) or auto (fused where it applies, else vmap)",
+        choices=("auto", "fused", "loop", "vmap"),
+    )
     chunk_size: int = param(0, "tasks per vmap call (0: the whole meta-batch)", ge=0)
     val_every: int = param(100, "validate every this many iterations (0: never)", ge=0)
     val_episodes: int = param(100, "episodes per validation", ge=1)

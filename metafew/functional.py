@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
 
-from metafew.models import NormStats
+from metafew.models import Conv4, NormStats, task_batched_forward
 
 Params = dict[str, torch.Tensor]
 Forward = Callable[..., Any]
@@ -22,10 +22,23 @@ META_PREFIX = "algo."
 """Keys of meta-learned tensors an algorithm owns (learning rates, per-step BatchNorm, ...)."""
 
 
-def make_forward(model: nn.Module) -> Forward:
-    """The model as a pure function of its parameters."""
+TaskForward = Callable[[Params, torch.Tensor], torch.Tensor]
+"""tasks(params, x [N, T, C, H, W]) -> logits [N, T, ways]: T tasks in one pass, each with its own
+BatchNorm statistics; a tensor of `params` is shared (the parameter's shape) or per task [T, ...]."""
 
-    def forward(
+
+class ModelFunction:
+    """The model as a pure function of its parameters (a `Forward`), and `tasks`, its
+    task-batched form, where the model has one (Conv-4 with a linear head), else None."""
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.tasks: TaskForward | None = None
+        if isinstance(model, Conv4) and isinstance(model.head, nn.Linear):
+            self.tasks = lambda params, x: task_batched_forward(model, params, x)
+
+    def __call__(
+        self,
         params: Params,
         x: torch.Tensor,
         norm_stats: NormStats | None = None,
@@ -33,9 +46,17 @@ def make_forward(model: nn.Module) -> Forward:
         embed: bool = False,
     ) -> Any:
         kwargs = {"norm_stats": norm_stats, "return_stats": return_stats, "embed": embed}
-        return functional_call(model, params, (x,), kwargs)
+        return functional_call(self.model, params, (x,), kwargs)
 
-    return forward
+
+def make_forward(model: nn.Module) -> Forward:
+    """The model as a pure function of its parameters (with `.tasks`, see ModelFunction)."""
+    return ModelFunction(model)
+
+
+def task_forward(forward: Forward) -> TaskForward | None:
+    """The task-batched form of `forward`, if it has one."""
+    return getattr(forward, "tasks", None)
 
 
 def model_params(params: Params) -> Params:
@@ -67,6 +88,12 @@ def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch
     """logits [N, ways], labels [N] -> (mean cross-entropy, fraction correct), both scalars."""
     accuracy = (logits.argmax(dim=-1) == labels).float().mean()
     return F.cross_entropy(logits, labels), accuracy
+
+
+def task_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [N, T, ways], labels [N, T] -> (mean cross-entropy [T], fraction correct [T]) per task."""
+    accuracy = (logits.argmax(dim=-1) == labels).float().mean(0)
+    return F.cross_entropy(logits.transpose(1, 2), labels, reduction="none").mean(0), accuracy
 
 
 def tree_sub(a: Params, b: Params) -> Params:

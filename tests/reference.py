@@ -11,10 +11,10 @@ from metafew.tasks import Episode
 WAYS, SHOTS, QUERIES, SIZE = 3, 2, 2, 8
 
 
-def tiny_model(head: str = "linear") -> Conv4:
+def tiny_model(head: str = "linear", pool: str = "max") -> Conv4:
     """A seeded 2-block Conv-4 with 4 filters on 8x8 pictures, in float64."""
     torch.manual_seed(0)
-    return Conv4(in_channels=1, image_size=SIZE, ways=WAYS, hidden=4, layers=2, head=head).double()
+    return Conv4(in_channels=1, image_size=SIZE, ways=WAYS, hidden=4, layers=2, head=head, pool=pool).double()
 
 
 def random_episodes(

@@ -337,7 +337,7 @@ def test_choice_errors_list_choices_and_suggest(override: str, suggestion: str) 
 
 
 def test_choice_error_lists_all_choices() -> None:
-    assert "must be one of loop, vmap" in config_error(["train.batching=vamp"])
+    assert "must be one of auto, fused, loop, vmap" in config_error(["train.batching=vamp"])
 
 
 def test_folder_dataset_needs_a_root() -> None:

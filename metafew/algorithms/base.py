@@ -54,14 +54,23 @@ class Algorithm(Protocol):
         ...
 
 
+def resolve_batching(batching: str, fusable: bool) -> str:
+    """The batching a meta-batch really runs with: `auto` is `fused` where the algorithm and model
+    have a task-batched form (`fusable`), else `loop`; `fused` without one falls back to `vmap`."""
+    if batching in ("auto", "fused") and fusable:
+        return "fused"
+    return {"auto": "loop", "fused": "vmap"}.get(batching, batching)
+
+
 def mean_task_gradients(
     task_fn: TaskFn, params: Params, episodes: list[Episode], batching: str, chunk_size: int
 ) -> MetaStep:
     """Run `task_fn` on every episode and differentiate the mean query loss.
 
     batching "loop" runs one task at a time and frees its graph before the next (least memory);
-    "vmap" runs `chunk_size` tasks per vectorized call (0: all at once). The gradients are the
-    same either way: each chunk contributes sum(its losses) / tasks.
+    "vmap" runs `chunk_size` tasks per vectorized call (0: all at once); "fused" hands each chunk
+    of stacked tasks ([T, ...] tensors) to `task_fn` itself, which returns [T] losses and
+    accuracies. The gradients are the same either way: each chunk contributes sum(its losses) / tasks.
     """
     leaves = list(params.values())
     step = 1 if batching == "loop" else (chunk_size or len(episodes))
@@ -72,6 +81,8 @@ def mean_task_gradients(
         if batching == "loop":
             loss, acc = task_fn(params, *chunk[0].as_tuple())
             loss, acc = loss[None], acc[None]
+        elif batching == "fused":
+            loss, acc = task_fn(params, *stack_episodes(chunk))
         else:
             loss, acc = vmap(task_fn, in_dims=(None, 0, 0, 0, 0))(params, *stack_episodes(chunk))
         # some tensors may go unused (BNWB replaces the model's own BatchNorm): zero gradient

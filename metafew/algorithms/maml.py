@@ -32,9 +32,17 @@ from __future__ import annotations
 import torch
 from torch.func import grad
 
-from metafew.algorithms.base import MetaStep, mean_task_gradients
+from metafew.algorithms.base import MetaStep, mean_task_gradients, resolve_batching
 from metafew.config import AlgorithmConfig
-from metafew.functional import Forward, Params, detach, loss_and_accuracy, model_params
+from metafew.functional import (
+    Forward,
+    Params,
+    detach,
+    loss_and_accuracy,
+    model_params,
+    task_forward,
+    task_losses,
+)
 from metafew.tasks import Episode
 
 
@@ -106,6 +114,17 @@ class MAML:
 
     # -- the inner loop --------------------------------------------------------------------
 
+    def _loss(
+        self, weights: Params, x: torch.Tensor, y: torch.Tensor, tasks: int
+    ) -> tuple[torch.Tensor, ...]:
+        """(loss, accuracy) of one task (x [N, C, H, W], y [N]: scalars), or with `tasks` > 0 of
+        that many at once (x [N, T, C, H, W], y [N, T]: [T] each)."""
+        if not tasks:
+            return loss_and_accuracy(self.forward(weights, x), y)
+        batched = task_forward(self.forward)
+        assert batched is not None  # `fused` resolves to vmap for models without a batched form
+        return task_losses(batched(weights, x), y)
+
     def inner_loop(
         self,
         params: Params,
@@ -114,17 +133,21 @@ class MAML:
         steps: int,
         lr: float | None = None,
         first_order: bool = False,
+        tasks: int = 0,
     ) -> list[Params]:
         """[φ⁰, ..., φᴷ]: the model weights before and after each inner SGD step, each ready for
-        `forward`. support_x: [S, C, H, W], support_y: [S]."""
+        `forward`. support_x: [S, C, H, W], support_y: [S]; or, with `tasks` = T > 0, T tasks at
+        once (support_x [S, T, C, H, W], support_y [S, T]; adapted tensors get a leading [T])."""
         weights = model_params(params)
         keys = self.inner_keys(params)
+        if tasks:  # one copy of θ per task, so that the gradients below are per task
+            weights |= {k: weights[k].expand(tasks, *weights[k].shape) for k in keys}
         trajectory = [self._at_step(params, weights, 0)]
         for step in range(steps):
 
             def support_loss(adapted: Params, step: int = step, weights: Params = weights) -> torch.Tensor:
                 full = self._at_step(params, {**weights, **adapted}, step)
-                return loss_and_accuracy(self.forward(full, support_x), support_y)[0]
+                return self._loss(full, support_x, support_y, tasks)[0].sum()
 
             grads = grad(support_loss)({k: weights[k] for k in keys})
             if first_order:
@@ -154,23 +177,30 @@ class MAML:
         query_x: torch.Tensor,
         query_y: torch.Tensor,
         iteration: int = 0,
+        tasks: int = 0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One task as a pure function of `params`: (query loss, final query accuracy)."""
+        """One task as a pure function of `params`: (query loss, final query accuracy); with
+        `tasks` > 0 that many at once, laid out as in `inner_loop` ([T] losses and accuracies)."""
         cfg = self.cfg
         first_order = cfg.first_order or iteration < cfg.maml.first_order_iterations
-        trajectory = self.inner_loop(params, support_x, support_y, cfg.inner_steps, None, first_order)
-        loss, accuracy = loss_and_accuracy(self.forward(trajectory[-1], query_x), query_y)
+        trajectory = self.inner_loop(params, support_x, support_y, cfg.inner_steps, None, first_order, tasks)
+        loss, accuracy = self._loss(trajectory[-1], query_x, query_y, tasks)
         if cfg.maml.multi_step_loss and cfg.inner_steps > 1:
             weights = msl_weights(cfg.inner_steps, iteration, cfg.maml.msl_iterations)
             loss = weights[-1] * loss
             for w, phi in zip(weights[:-1], trajectory[1:-1]):
-                loss = loss + w * loss_and_accuracy(self.forward(phi, query_x), query_y)[0]
+                loss = loss + w * self._loss(phi, query_x, query_y, tasks)[0]
         return loss, accuracy
 
     def meta_gradients(self, params: Params, episodes: list[Episode], iteration: int = 0) -> MetaStep:
         """∇ of the mean query loss over `episodes` w.r.t. the model and `algo.*` tensors."""
+        batching = resolve_batching(self.batching, task_forward(self.forward) is not None)
 
         def task(p: Params, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor):
-            return self.task_loss(p, sx, sy, qx, qy, iteration)
+            if batching != "fused":
+                return self.task_loss(p, sx, sy, qx, qy, iteration)
+            # stacked [T, N, ...] -> pictures first, [N, T, ...], as the batched forward wants
+            sx, sy, qx, qy = (t.transpose(0, 1).contiguous() for t in (sx, sy, qx, qy))
+            return self.task_loss(p, sx, sy, qx, qy, iteration, tasks=sy.shape[1])
 
-        return mean_task_gradients(task, params, episodes, self.batching, self.chunk_size)
+        return mean_task_gradients(task, params, episodes, batching, self.chunk_size)

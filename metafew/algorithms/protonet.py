@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from metafew.algorithms.base import MetaStep, mean_task_gradients
+from metafew.algorithms.base import MetaStep, mean_task_gradients, resolve_batching
 from metafew.errors import ConfigError
 from metafew.functional import Forward, Params, loss_and_accuracy, model_params
 from metafew.tasks import Episode
@@ -89,7 +89,9 @@ class ProtoNet:
         def task(p: Params, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor):
             return self.task_loss({**rest, **p}, sx, sy, qx, qy)
 
-        step = mean_task_gradients(task, body, episodes, self.batching, self.chunk_size)
+        step = mean_task_gradients(
+            task, body, episodes, resolve_batching(self.batching, False), self.chunk_size
+        )
         grads = {k: step.grads[k] if k in body else torch.zeros_like(v) for k, v in params.items()}
         return MetaStep(grads, step.losses, step.accuracies)
 

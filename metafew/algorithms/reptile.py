@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from torch.func import grad, vmap
 
-from metafew.algorithms.base import MetaStep
+from metafew.algorithms.base import MetaStep, resolve_batching
 from metafew.config import AlgorithmConfig
 from metafew.functional import (
     Forward,
@@ -83,7 +83,7 @@ class Reptile:
         seed: int = 0,
     ):
         self.cfg, self.forward = cfg, forward
-        self.batching, self.chunk_size, self.seed = batching, chunk_size, seed
+        self.batching, self.chunk_size, self.seed = resolve_batching(batching, False), chunk_size, seed
 
     def init_meta_params(self, params: Params) -> Params:
         """Reptile meta-learns only the model's initialisation: no `algo.*` tensors."""
