@@ -8,13 +8,16 @@ statistics, ReLU] and a linear head, 28x28 grey pictures, 5-way 1-shot, meta-bat
 SGD step of α = 0.4, an Adam outer step (β = 1e-3); 1 and 15 queries per class. Pixels are seeded
 uniform noise: speed does not depend on them, and every implementation gets the same tensors.
 
-Each measurement is a fresh subprocess (`--child`), so that its peak resident memory (ru_maxrss
-from os.wait4) is its own; implementations alternate round-robin `--repeats` times and the table
-shows medians. metafew runs its real code path (a learner built from a Config as the engine
-builds it, then the engine's optimizer step); learn2learn (clone/adapt loop) and higher
-(innerloop_ctx) run in the peers' venv (`--peers-python` or $METAFEW_PEERS_PYTHON; install with
-`bash benchmarks/install_peers.sh`) on an nn.Module with the same parameter names, started from
-the same initial weights. Each child also writes its float32 meta-gradient of one fixed
+Each measurement is a fresh subprocess (`--child`), so that its peak resident memory (VmHWM
+from /proc/self/status) is its own; implementations alternate round-robin `--repeats` times and
+the table shows medians. Every implementation runs with metafew's glibc malloc tuning (peers
+through MALLOC_MMAP_MAX_=0 MALLOC_TRIM_THRESHOLD_=1e11). metafew runs its real code path (a
+learner built from a Config as the engine builds it, then the engine's optimizer step);
+learn2learn (clone/adapt loop) and higher (innerloop_ctx) run in the peers' venv
+(`--peers-python` or $METAFEW_PEERS_PYTHON; install with `bash benchmarks/install_peers.sh`) on
+an nn.Module with the same parameter names, started from the same initial weights.
+`metafew 256 MB` is the default path with train.max_memory=256, which splits the meta-batch into
+calls of as many tasks as fit. Each child also writes its float32 meta-gradient of one fixed
 meta-batch; the parent compares it with a float64 reference (a per-task autograd loop).
 
 Sections: `second` (second-order MAML), `first` (first-order MAML and Reptile against learn2learn
@@ -148,7 +151,9 @@ def peer_runner(impl: str, first_order: bool, init: dict):
 # metafew children
 
 
-def metafew_config(algorithm: str, queries: int, batching: str, first_order: bool = False):
+def metafew_config(
+    algorithm: str, queries: int, batching: str, first_order: bool = False, max_memory: int = 0
+):
     """The workload as a metafew Config (configs/omniglot_5w1s.yaml's settings, meta-batch 32)."""
     from metafew.config import Config
 
@@ -159,7 +164,7 @@ def metafew_config(algorithm: str, queries: int, batching: str, first_order: boo
     cfg.algorithm.first_order = first_order
     cfg.algorithm.eval_inner_steps = EVAL_STEPS
     cfg.train.batching, cfg.train.meta_batch_size, cfg.train.outer_lr = batching, META_BATCH, BETA
-    cfg.train.device = "cpu"
+    cfg.train.device, cfg.train.max_memory = "cpu", max_memory
     if algorithm == "reptile":  # one SGD step on the support set, plain SGD on θ − mean φ
         cfg.algorithm.reptile.inner_optimizer, cfg.algorithm.reptile.use_query = "sgd", False
         cfg.algorithm.reptile.inner_batch_size = 0
@@ -167,12 +172,14 @@ def metafew_config(algorithm: str, queries: int, batching: str, first_order: boo
     return cfg
 
 
-def metafew_runner(algorithm: str, batching: str, first_order: bool, queries: int, init: dict):
+def metafew_runner(
+    algorithm: str, batching: str, first_order: bool, queries: int, init: dict, max_memory: int = 0
+):
     from metafew.engine import build_learner, build_optimizer, tune_allocator
     from metafew.tasks import Episode
 
     tune_allocator()
-    cfg = metafew_config(algorithm, queries, batching, first_order)
+    cfg = metafew_config(algorithm, queries, batching, first_order, max_memory)
     learner = build_learner(cfg, torch.device(cfg.train.device), 100)
     with torch.no_grad():
         for k, p in learner.params.items():
@@ -210,6 +217,7 @@ def metafew_evaluate(learner, episodes: int, queries: int) -> None:
 IMPLS = {
     # name: (runs in, algorithm, batching, first order)
     "metafew": ("metafew", "maml", "auto", False),
+    "metafew 256 MB": ("metafew", "maml", "auto", False),
     "metafew vmap": ("metafew", "maml", "vmap", False),
     "learn2learn": ("peer", "learn2learn", "", False),
     "higher": ("peer", "higher", "", False),
@@ -220,7 +228,7 @@ IMPLS = {
     "learn2learn eval": ("peer", "learn2learn", "", True),
 }
 SECTIONS = {
-    "second": ["metafew", "metafew vmap", "learn2learn", "higher"],
+    "second": ["metafew", "metafew 256 MB", "metafew vmap", "learn2learn", "higher"],
     "first": ["metafew FO", "metafew Reptile", "learn2learn FO"],
     "eval": ["metafew eval", "learn2learn eval"],
 }
@@ -231,7 +239,8 @@ def child(impl: str, queries: int, steps: int, workdir: Path) -> dict:
     where, algorithm, batching, first_order = IMPLS[impl]
     init = torch.load(workdir / "init.pt", weights_only=True)
     if where == "metafew":
-        gradients, step, model = metafew_runner(algorithm, batching, first_order, queries, init)
+        budget = int(impl.split()[1]) if impl.endswith(" MB") else 0  # train.max_memory
+        gradients, step, model = metafew_runner(algorithm, batching, first_order, queries, init, budget)
     else:
         gradients, step, model = peer_runner(algorithm, first_order, init)
     if impl.endswith("eval"):
@@ -300,9 +309,20 @@ def reference_gradients(init: dict, queries: int, first_order: bool) -> dict:
     return dict(zip(theta, torch.autograd.grad(total, list(theta.values()))))
 
 
+def own_peak_mb() -> float:
+    """This process's peak resident memory in MB: VmHWM, which exec resets (ru_maxrss of a child
+    keeps the parent's peak from before the exec, so wait4's figure only serves as a fallback)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def run_child_measured(python: str, impl: str, queries: int, steps: int, workdir: Path) -> dict:
-    """One child run: its result and its own peak RSS in MB (from os.wait4)."""
+    """One child run: its result and its own peak RSS in MB."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    if IMPLS[impl][0] == "peer":  # the malloc tuning metafew applies to itself (engine.tune_allocator)
+        env |= {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
     cmd = [python, __file__, "--child", impl, str(queries), str(steps), str(workdir)]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen(cmd, stdout=out, stderr=err, env=env)
@@ -311,7 +331,7 @@ def run_child_measured(python: str, impl: str, queries: int, steps: int, workdir
         if os.waitstatus_to_exitcode(status):
             raise RuntimeError(f"{impl} failed:\n{err.read()[-3000:]}")
         result = json.loads(out.read().strip().splitlines()[-1])
-    result["peak_mb"] = usage.ru_maxrss / 1024
+    result["peak_mb"] = result["peak_mb"] or usage.ru_maxrss / 1024
     return result
 
 
@@ -370,7 +390,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.child:
         impl, queries, steps, workdir = args.child
-        print(json.dumps(child(impl, int(queries), int(steps), Path(workdir))))
+        result = child(impl, int(queries), int(steps), Path(workdir))
+        print(json.dumps(result | {"peak_mb": own_peak_mb()}))
         return
 
     from metafew.engine import build_learner
@@ -435,11 +456,12 @@ def run_section(args, section: str, impls: list[str], queries: int, workdir: Pat
     reference = reference_gradients(torch.load(workdir / "init.pt"), queries, first_order)
 
     def notes(name: str, rate: float) -> str:
+        if "Reptile" in name:  # a pseudo-gradient θ − mean φ, not the meta-loss's gradient
+            return "pseudo-gradient (no reference)"
         grads = torch.load(workdir / f"grads-{name}-{queries}.pt")
         delta = max(float((grads[k].double() - reference[k]).abs().max()) for k in reference)
         scale = max(float(v.abs().max()) for v in reference.values())
-        gemm = "" if "Reptile" in name else f"GEMM {rate * flops / 1e9 / peak:5.1%}, "
-        return f"{gemm}max|Δg| {delta:.1e} (max|g| {scale:.1e})"
+        return f"GEMM {rate * flops / 1e9 / peak:5.1%}, max|Δg| {delta:.1e} (max|g| {scale:.1e})"
 
     base = "learn2learn FO" if first_order else "learn2learn"
     print_table(

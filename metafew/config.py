@@ -192,7 +192,10 @@ class TrainConfig:
         "linear head; else vmap) or auto (fused where it applies, else vmap)",
         choices=("auto", "fused", "loop", "vmap"),
     )
-    chunk_size: int = param(0, "tasks per vmap call (0: the whole meta-batch)", ge=0)
+    chunk_size: int = param(0, "tasks per vmap or fused call (0: the whole meta-batch)", ge=0)
+    max_memory: int = param(
+        0, "MB the tasks of one vmap/fused call may use; splits the meta-batch (0: no limit)", ge=0
+    )
     val_every: int = param(100, "validate every this many iterations (0: never)", ge=0)
     val_episodes: int = param(100, "episodes per validation", ge=1)
     log_every: int = param(10, "write a metrics line every this many iterations", ge=1)

@@ -90,6 +90,11 @@ def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch
     return F.cross_entropy(logits, labels), accuracy
 
 
+def pictures_first(*stacked: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Stacked tasks [T, N, ...] -> [N, T, ...] (contiguous), the layout of a TaskForward."""
+    return tuple(t.transpose(0, 1).contiguous() for t in stacked)
+
+
 def task_losses(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """logits [N, T, ways], labels [N, T] -> (mean cross-entropy [T], fraction correct [T]) per task."""
     accuracy = (logits.argmax(dim=-1) == labels).float().mean(0)

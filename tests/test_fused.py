@@ -124,3 +124,18 @@ def test_fused_resolves_to_vmap_without_a_task_batched_model() -> None:
     loop = MAML(cfg, make_forward(cosine), "loop").meta_gradients(params, episodes)
     for k, g in loop.grads.items():
         torch.testing.assert_close(fused.grads[k], g)
+
+
+@pytest.mark.parametrize("steps", [0, 1, 3])
+def test_task_accuracies_equal_adapting_each_task_alone(steps: int) -> None:
+    model, episodes = tiny_model(), random_episodes(4)
+    params = dict(model.named_parameters())
+    maml = MAML(AlgorithmConfig(inner_lr=0.5, inner_steps=1), make_forward(model), "fused")
+    with torch.no_grad():
+        fused = maml.task_accuracies(params, stack_episodes(episodes), steps, None)
+        expected = []
+        for ep in episodes:
+            adapted = maml.adapt(params, ep.support_x, ep.support_y, steps)
+            expected.append((maml.forward(adapted, ep.query_x).argmax(-1) == ep.query_y).float().mean())
+    assert fused is not None
+    torch.testing.assert_close(fused, torch.stack(expected))

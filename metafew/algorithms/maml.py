@@ -40,6 +40,7 @@ from metafew.functional import (
     detach,
     loss_and_accuracy,
     model_params,
+    pictures_first,
     task_forward,
     task_losses,
 )
@@ -167,6 +168,18 @@ class MAML:
         """φᴷ for `steps` inner steps (differentiable w.r.t. `params`)."""
         return self.inner_loop(params, support_x, support_y, steps, lr)[-1]
 
+    def task_accuracies(
+        self, params: Params, stacked: tuple[torch.Tensor, ...], steps: int, lr: float | None = None
+    ) -> torch.Tensor | None:
+        """Query accuracy [T] of T stacked tasks (`stack_episodes`' [T, N, ...] tensors) after
+        `steps` inner steps, in one task-batched pass with batch statistics (transductive);
+        None where the model has no task-batched form."""
+        if task_forward(self.forward) is None:
+            return None
+        sx, sy, qx, qy = pictures_first(*stacked)
+        adapted = self.inner_loop(params, sx, sy, steps, lr, first_order=True, tasks=sy.shape[1])[-1]
+        return self._loss(adapted, qx, qy, sy.shape[1])[1]
+
     # -- the outer objective ---------------------------------------------------------------
 
     def task_loss(
@@ -199,8 +212,7 @@ class MAML:
         def task(p: Params, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor):
             if batching != "fused":
                 return self.task_loss(p, sx, sy, qx, qy, iteration)
-            # stacked [T, N, ...] -> pictures first, [N, T, ...], as the batched forward wants
-            sx, sy, qx, qy = (t.transpose(0, 1).contiguous() for t in (sx, sy, qx, qy))
+            sx, sy, qx, qy = pictures_first(sx, sy, qx, qy)
             return self.task_loss(p, sx, sy, qx, qy, iteration, tasks=sy.shape[1])
 
         return mean_task_gradients(task, params, episodes, batching, self.chunk_size)

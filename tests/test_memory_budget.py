@@ -1,0 +1,64 @@
+"""train.max_memory: the meta-batch split into chunks that fit, with the same gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from metafew.config import Config
+from metafew.engine import SAVED_COPIES, budget_chunk_size, build_learner
+from metafew.models import activation_elements, build_model
+from metafew.tasks import Episode
+
+
+def _config(batching: str, max_memory: int = 0, chunk_size: int = 0) -> Config:
+    cfg = Config()
+    cfg.model.hidden, cfg.model.pool = 16, "stride"
+    cfg.task.shots, cfg.task.queries = 1, 3
+    cfg.train.batching, cfg.train.meta_batch_size = batching, 5
+    cfg.train.max_memory, cfg.train.chunk_size, cfg.train.device = max_memory, chunk_size, "cpu"
+    return cfg
+
+
+def _per_task_mb(cfg: Config) -> float:
+    model = build_model(cfg.model, cfg.data.channels, cfg.data.image_size, cfg.task.ways)
+    pictures = cfg.task.ways * (cfg.task.shots + cfg.task.queries)
+    return activation_elements(model, pictures, cfg.data.image_size) * 4 * SAVED_COPIES / 2**20
+
+
+def test_activation_elements_counts_every_convolution_output() -> None:
+    cfg = _config("fused")
+    model = build_model(cfg.model, 1, 28, 5)
+    # 28 -> 14 -> 7 -> 4 -> 2 with 16 channels, plus the 1-channel input
+    assert activation_elements(model, 3, 28) == 3 * (28 * 28 + 16 * (14 * 14 + 7 * 7 + 4 * 4 + 2 * 2))
+
+
+def test_budget_sets_the_tasks_per_call_and_never_raises_chunk_size() -> None:
+    per_task = _per_task_mb(_config("fused"))
+    model = build_model(_config("fused").model, 1, 28, 5)
+    assert budget_chunk_size(_config("fused"), model) == 0  # no budget: the whole meta-batch
+    assert budget_chunk_size(_config("fused", max_memory=1), model) == max(1, int(1 // per_task))
+    budget = int(3.5 * per_task) + 1
+    assert budget_chunk_size(_config("fused", max_memory=budget), model) == int(budget // per_task)
+    assert budget_chunk_size(_config("fused", max_memory=budget, chunk_size=2), model) == 2
+    assert budget_chunk_size(_config("fused", max_memory=10**6, chunk_size=2), model) == 2
+
+
+@pytest.mark.parametrize("batching", ["fused", "vmap"])
+def test_meta_gradients_are_the_same_with_and_without_a_memory_budget(batching: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    labels = torch.arange(5)
+    pictures = [torch.rand(n, 1, 28, 28, generator=g, dtype=torch.float64) for n in [5, 15] * 5]
+    episodes = [
+        Episode(s, labels, q, labels.repeat_interleave(3), labels) for s, q in zip(*[iter(pictures)] * 2)
+    ]
+    whole = build_learner(_config(batching), torch.device("cpu"), 10)
+    budget = int(2 * _per_task_mb(_config(batching))) + 1  # two tasks per call: chunks 2, 2, 1
+    split = build_learner(_config(batching, max_memory=budget), torch.device("cpu"), 10)
+    assert split.algorithm.chunk_size == 2  # type: ignore[attr-defined]
+    params = {k: v.detach().double().requires_grad_() for k, v in whole.params.items()}  # float64
+    a = whole.algorithm.meta_gradients(params, episodes, 0)
+    b = split.algorithm.meta_gradients(params, episodes, 0)
+    for k, grad in a.grads.items():
+        torch.testing.assert_close(b.grads[k], grad, rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(b.losses, a.losses)
