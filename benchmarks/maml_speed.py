@@ -44,6 +44,8 @@ from torch import nn
 
 WAYS, SHOTS, SIZE, META_BATCH, ALPHA, BETA, HIDDEN = 5, 1, 28, 32, 0.4, 1e-3, 64
 EVAL_STEPS = 10
+DEVICE = os.environ.get("METAFEW_BENCH_DEVICE", "cpu")
+"""Where metafew's children run (`--device`; peers always run on the CPU)."""
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -164,7 +166,7 @@ def metafew_config(
     cfg.algorithm.first_order = first_order
     cfg.algorithm.eval_inner_steps = EVAL_STEPS
     cfg.train.batching, cfg.train.meta_batch_size, cfg.train.outer_lr = batching, META_BATCH, BETA
-    cfg.train.device, cfg.train.max_memory = "cpu", max_memory
+    cfg.train.device, cfg.train.max_memory = DEVICE, max_memory
     if algorithm == "reptile":  # one SGD step on the support set, plain SGD on θ − mean φ
         cfg.algorithm.reptile.inner_optimizer, cfg.algorithm.reptile.use_query = "sgd", False
         cfg.algorithm.reptile.inner_batch_size = 0
@@ -187,10 +189,13 @@ def metafew_runner(
     opt = build_optimizer(cfg, learner.params)
 
     def episodes(batch: list) -> list:
-        return [Episode(sx, sy, qx, qy, torch.arange(WAYS)) for sx, sy, qx, qy in batch]
+        return [Episode(sx, sy, qx, qy, torch.arange(WAYS)).to(learner.device) for sx, sy, qx, qy in batch]
 
     def gradients(batch: list) -> dict:
-        return learner.algorithm.meta_gradients(learner.params, episodes(batch), 0).grads
+        return {
+            k: g.cpu()
+            for k, g in learner.algorithm.meta_gradients(learner.params, episodes(batch), 0).grads.items()
+        }
 
     def step(batch: list) -> None:
         grads = learner.algorithm.meta_gradients(learner.params, episodes(batch), 0).grads
@@ -202,6 +207,7 @@ def metafew_runner(
 
 
 def metafew_evaluate(learner, episodes: int, queries: int) -> None:
+    """engine.evaluate on the benchmark's episodes, eval.chunk_size's default of 4 per call."""
     from metafew.engine import evaluate
 
     class Sampler:  # the benchmark's seeded noise episodes in EpisodeSampler's interface
@@ -219,6 +225,7 @@ IMPLS = {
     "metafew": ("metafew", "maml", "auto", False),
     "metafew 256 MB": ("metafew", "maml", "auto", False),
     "metafew vmap": ("metafew", "maml", "vmap", False),
+    "metafew loop": ("metafew", "maml", "loop", False),
     "learn2learn": ("peer", "learn2learn", "", False),
     "higher": ("peer", "higher", "", False),
     "metafew FO": ("metafew", "maml", "auto", True),
@@ -231,6 +238,7 @@ SECTIONS = {
     "second": ["metafew", "metafew 256 MB", "metafew vmap", "learn2learn", "higher"],
     "first": ["metafew FO", "metafew Reptile", "learn2learn FO"],
     "eval": ["metafew eval", "learn2learn eval"],
+    "device": ["metafew", "metafew vmap", "metafew loop"],  # for --device cuda: no peers
 }
 
 
@@ -245,15 +253,26 @@ def child(impl: str, queries: int, steps: int, workdir: Path) -> dict:
         gradients, step, model = peer_runner(algorithm, first_order, init)
     if impl.endswith("eval"):
         run = metafew_evaluate if where == "metafew" else peer_evaluate
-        run(model, 2, queries)  # warm-up
+        run(model, 4, queries)  # warm-up
         start = time.perf_counter()
         run(model, steps, queries)
         return {"per_s": steps / (time.perf_counter() - start)}
     torch.save(gradients(meta_batch(0, queries)), workdir / f"grads-{impl}-{queries}.pt")
     step(meta_batch(1, queries))  # warm-up
+    cuda = DEVICE.startswith("cuda") and where == "metafew"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for i in range(steps):
         step(meta_batch(2 + i, queries))
+    if cuda:
+        torch.cuda.synchronize()
+        return {
+            "per_s": steps * META_BATCH / (time.perf_counter() - start),
+            "gpu_peak_mb": torch.cuda.max_memory_allocated() / 2**20,
+            "gpu": torch.cuda.get_device_name(),
+        }
     return {"per_s": steps * META_BATCH / (time.perf_counter() - start)}
 
 
@@ -261,15 +280,18 @@ def child(impl: str, queries: int, steps: int, workdir: Path) -> dict:
 # the parent: machine bounds, references, interleaved runs, the table
 
 
-def gemm_peak(seconds: float = 3.0, n: int = 2048) -> tuple[float, float]:
+def gemm_peak(device: str = "cpu", seconds: float = 3.0, n: int = 2048) -> tuple[float, float]:
     """(95th percentile, median) fp32 GEMM GFLOP/s of n x n matrices over ~`seconds`."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
     rates: list[float] = []
     torch.mm(a, b)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    sync()
     end = time.perf_counter() + seconds
     while time.perf_counter() < end:
         start = time.perf_counter()
         torch.mm(a, b)
+        sync()
         rates.append(2 * n**3 / (time.perf_counter() - start) / 1e9)
     rates.sort()
     return rates[int(0.95 * (len(rates) - 1))], statistics.median(rates)
@@ -367,12 +389,15 @@ def sampling_rate(queries: int, seconds: float = 5.0) -> float | None:
 
 def print_table(title: str, rows: dict[str, list[dict]], base: str | None, unit: str, extra) -> None:
     print(f"\n{title}")
-    print(f"{'implementation':<18} {unit:>9} {'x ' + (base or '-'):>15} {'peak MB':>8}  {'notes'}")
+    print(f"{'implementation':<18} {unit:>9} {'x ' + (base or '-'):>15} {'peak MB':>8}  notes")
     base_rate = statistics.median(r["per_s"] for r in rows[base]) if base in rows else None
     for name, results in rows.items():
         rate = statistics.median(r["per_s"] for r in results)
         ratio = f"{rate / base_rate:.2f}x" if base_rate else "-"
         peak = statistics.median(r["peak_mb"] for r in results)
+        gpu = [r for r in results if "gpu" in r]
+        if gpu:
+            peak = statistics.median(r["gpu_peak_mb"] for r in gpu)  # CUDA: torch's peak allocation
         print(f"{name:<18} {rate:9.1f} {ratio:>15} {peak:8.0f}  {extra(name, rate)}")
 
 
@@ -386,8 +411,10 @@ def main() -> None:
     parser.add_argument("--queries", type=int, nargs="+", default=[1, 15])
     parser.add_argument("--eval-episodes", type=int, default=600)
     parser.add_argument("--sections", nargs="+", default=["second", "first", "eval", "sampling"])
+    parser.add_argument("--device", default="cpu", help="where metafew runs (cuda: use --sections device)")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    os.environ["METAFEW_BENCH_DEVICE"] = args.device  # children inherit it
     if args.child:
         impl, queries, steps, workdir = args.child
         result = child(impl, int(queries), int(steps), Path(workdir))
@@ -403,10 +430,12 @@ def main() -> None:
                 f"{name}: not importable; install the peers with `bash benchmarks/install_peers.sh` and "
                 "pass --peers-python /work/peers-venv/bin/python (or set METAFEW_PEERS_PYTHON)"
             )
-    peak, median = gemm_peak()
+    peak, median = gemm_peak(args.device)
+    cuda = args.device.startswith("cuda")
+    where = torch.cuda.get_device_name() if cuda else f"{torch.get_num_threads()} CPU threads"
     print(
-        f"fp32 GEMM (2048^3): p95 {peak:.0f} GFLOP/s, median {median:.0f}; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads"
+        f"fp32 GEMM (2048^3) on {where}: p95 {peak:.0f} GFLOP/s, median {median:.0f}; "
+        f"torch {torch.__version__}"
     )
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
@@ -463,7 +492,7 @@ def run_section(args, section: str, impls: list[str], queries: int, workdir: Pat
         scale = max(float(v.abs().max()) for v in reference.values())
         return f"GEMM {rate * flops / 1e9 / peak:5.1%}, max|Δg| {delta:.1e} (max|g| {scale:.1e})"
 
-    base = "learn2learn FO" if first_order else "learn2learn"
+    base = {"first": "learn2learn FO", "device": "metafew loop"}.get(section, "learn2learn")
     print_table(
         f"{'first' if first_order else 'second'}-order, 5-way 1-shot, {queries} queries/class, "
         f"meta-batch {META_BATCH}, {args.repeats} repeats; {flops * META_BATCH / 1e9:.1f} GFLOP of "
