@@ -10,7 +10,7 @@ import csv
 import signal
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,7 +28,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from metafew import engine
+from metafew import distributed, engine
 from metafew.compare import compare
 from metafew.config import (
     Config,
@@ -38,20 +38,27 @@ from metafew.config import (
     load_config,
     merge,
     parse_overrides,
+    parse_yaml,
     to_dict,
 )
-from metafew.data import UnlabeledImages, load_class_folders, load_data, load_unlabeled
-from metafew.errors import EXIT_CODES, ConfigError, MetafewError, RunError
+from metafew.data import FewShotData, UnlabeledImages, load_class_folders, load_data, load_unlabeled
+from metafew.errors import EXIT_CODES, ConfigError, Interrupted, MetafewError, RunError
 from metafew.runs import (
+    RESUMABLE_KEYS,
+    RunClaim,
+    config_diff,
     create_run,
+    find_resumable,
     list_runs,
     load_checkpoint,
+    load_resume_checkpoint,
     load_run_config,
     new_file,
     new_folder,
     resolve_run,
     save_checkpoint,
     write_json,
+    write_text_atomic,
 )
 from metafew.tasks import EpisodeSampler
 
@@ -67,39 +74,43 @@ err = Console(stderr=True, soft_wrap=True)
 Overrides = Annotated[
     list[str] | None, typer.Argument(help="dotted overrides, e.g. task.shots=1 train.outer_lr=1e-3")
 ]
-RESUMABLE_KEYS = {
-    "train.iterations",
-    "train.device",
-    "train.threads",
-    "train.log_every",
-    "train.checkpoint_every",
-}
 
 
 @contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn a MetafewError into one line on stderr and its exit code."""
+def user_errors(prefix: str = "") -> Iterator[None]:
+    """Turn a MetafewError into one line on stderr and its exit code (an error without a message
+    was reported by another process: exit code only)."""
     try:
         yield
     except MetafewError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        if str(exc):
+            err.print(f"[bold red]{prefix}error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(exc.exit_code) from None
 
 
+class _ReportedByRankZero(MetafewError):
+    """Rank 0 failed before training and printed why; the other processes exit with its code."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__("")
+        self.exit_code = code
+
+
 class _StopFlag:
-    """Set by SIGINT/SIGTERM/SIGUSR1 so that training stops after the current step."""
+    """Set by SIGINT/SIGTERM/SIGUSR1 so that training stops after the current step; remembers
+    which signal (only SIGTERM/SIGUSR1, a cluster's preemption notice, may requeue the job)."""
 
     def __init__(self) -> None:
-        self.raised = False
+        self.signal: int | None = None
         for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
             if hasattr(signal, name):
                 signal.signal(getattr(signal, name), self._set)
 
     def _set(self, signum: int, frame: Any) -> None:
-        self.raised = True
+        self.signal = signum
 
     def __call__(self) -> bool:
-        return self.raised
+        return self.signal is not None
 
 
 def _progress_reporter(total: int, start: int) -> tuple[Progress | None, engine.Progress]:
@@ -148,7 +159,7 @@ def _resume_config(run: Path, config: Path | None, overrides: list[str]) -> Conf
         return saved
     base = to_dict(saved) if config is None else to_dict(load_config(config))
     wanted = from_dict(merge(base, parse_overrides(overrides)))
-    diff = _diff(to_dict(saved), to_dict(wanted))
+    diff = config_diff(to_dict(saved), to_dict(wanted))
     blocked = [d for d in diff if d[0] not in RESUMABLE_KEYS]
     if blocked:
         key, old, new = blocked[0]
@@ -159,14 +170,68 @@ def _resume_config(run: Path, config: Path | None, overrides: list[str]) -> Conf
     return wanted
 
 
-def _diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
-    out = []
-    for key in a:
-        if isinstance(a[key], dict):
-            out.extend(_diff(a[key], b[key], f"{prefix}{key}."))
-        elif a[key] != b[key]:
-            out.append((prefix + key, a[key], b[key]))
-    return out
+def _open_run(
+    config: Path | None, overrides: list[str], resume: str | None, claim: RunClaim
+) -> tuple[Config, Path | None, dict[str, Any] | None]:
+    """(config, run folder to continue or None for a new run, checkpoint to resume from)."""
+    if resume == "auto":
+        found = find_resumable(load_config(config, overrides))
+        if found is None:
+            return load_config(config, overrides), None, None
+        err.print(f"--resume auto: continuing {found}", highlight=False)
+        resume = str(found)
+    if resume is None:
+        return load_config(config, overrides), None, None
+    run = resolve_run(resume)
+    cfg = _resume_config(run, config, overrides)
+    claim.acquire(run)
+    state, note = load_resume_checkpoint(run)
+    if note:
+        err.print(f"[yellow]warning:[/] {escape(note)}", highlight=False)
+    write_text_atomic(run / "config.yaml", dump_yaml(cfg))
+    return cfg, run, state
+
+
+def _prepare_main(
+    config: Path | None, overrides: list[str], resume: str | None, claim: RunClaim
+) -> tuple[Config, Path, dict[str, Any] | None, FewShotData]:
+    """Rank 0 (or the only process): the config, a claimed run folder, the checkpoint, the data.
+    The data are checked before a new folder is made, so a bad dataset leaves no folder."""
+    cfg, run, state = _open_run(config, overrides, resume, claim)
+    _setup_threads(cfg)
+    device = engine.resolve_device(cfg.train.device)
+    data = load_data(cfg.data)
+    engine.training_samplers(cfg, data)
+    if run is None:
+        run = create_run(cfg, str(device), claim)
+    return cfg, run, state, data
+
+
+def _prepare(
+    group: distributed.Solo, config: Path | None, overrides: list[str], resume: str | None, claim: RunClaim
+) -> tuple[Config, Path, dict[str, Any] | None, FewShotData]:
+    """`_prepare_main` on rank 0, whose outcome (run folder, config, or its error) the other
+    processes receive; they load the data and the same checkpoint themselves."""
+    if group.is_main:
+        try:
+            cfg, run, state, data = _prepare_main(config, overrides, resume, claim)
+        except MetafewError as exc:
+            distributed.send_plan(group, {"error": exc.exit_code})
+            raise
+        iteration = -1 if state is None else int(state["iteration"])
+        distributed.send_plan(group, {"run": str(run), "config": dump_yaml(cfg), "iteration": iteration})
+        return cfg, run, state, data
+    plan = distributed.send_plan(group, {})
+    if "error" in plan:
+        raise _ReportedByRankZero(int(plan["error"]))
+    cfg, run = from_dict(parse_yaml(plan["config"], "rank 0's config")), Path(plan["run"])
+    _setup_threads(cfg)
+    state = load_resume_checkpoint(run)[0] if plan["iteration"] >= 0 else None
+    if plan["iteration"] != (-1 if state is None else state["iteration"]):
+        raise RunError(
+            f"rank {group.rank} does not see rank 0's checkpoint in {str(run)!r}: use a shared folder"
+        )
+    return cfg, run, state, load_data(cfg.data)
 
 
 @app.command()
@@ -174,44 +239,49 @@ def train(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML experiment config")] = None,
     overrides: Overrides = None,
     resume: Annotated[
-        Path | None, typer.Option(help="continue this run folder exactly where it stopped")
+        str | None,
+        typer.Option(
+            help="continue this run folder exactly where it stopped; `auto`: the newest unfinished "
+            "run with the same config under train.runs_dir, or a new run if there is none"
+        ),
     ] = None,
+    requeue: Annotated[
+        bool,
+        typer.Option(
+            "--requeue", help="on SIGTERM/SIGUSR1 in a SLURM job: checkpoint, then `scontrol requeue` it"
+        ),
+    ] = False,
 ) -> None:
-    """Meta-train M_meta; writes a new run folder under train.runs_dir."""
-    with user_errors():
-        if resume is not None:
-            run = resolve_run(resume)
-            cfg = _resume_config(run, config, overrides or [])
-            state = load_checkpoint(run / "checkpoints" / "last.pt")
-            (run / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
-        else:
-            cfg = load_config(config, overrides or [])
-            state = None
-        _setup_threads(cfg)
-        device = engine.resolve_device(cfg.train.device)
-        data = load_data(cfg.data)
-        engine.training_samplers(cfg, data)  # refuse unusable data before creating a folder
-        if resume is None:
-            run = create_run(cfg, str(device))
-        console.print(f"run folder: {run}", highlight=False)
+    """Meta-train M_meta; writes a new run folder under train.runs_dir (one per torchrun job)."""
+    group = distributed.join()
+    say = console.print if group.is_main else _silent
+    with user_errors("" if group.is_main else f"rank {group.rank}: "), group, RunClaim() as claim:
+        cfg, run, state, data = _prepare(group, config, overrides or [], resume, claim)
+        say(f"run folder: {run}", highlight=False)
         bar, report = _progress_reporter(cfg.train.iterations, state["iteration"] if state else 0)
-        started = time.perf_counter()
-        if bar is not None:
-            with bar:
-                result = engine.train(cfg, data, run, state, report, _StopFlag())
-        else:
-            result = engine.train(cfg, data, run, state, report, _StopFlag())
+        started, stop = time.perf_counter(), _StopFlag()
+        try:
+            with bar if bar is not None and group.is_main else nullcontext():
+                result = engine.train(cfg, data, run, state, report if group.is_main else None, stop, group)
+        except Interrupted as exc:
+            if requeue and stop.signal != signal.SIGINT and group.is_main:
+                raise Interrupted(f"{exc}; {distributed.requeue_slurm_job()}") from None
+            raise
         best = (
             "n/a"
             if result.best_accuracy is None
             else f"{100 * result.best_accuracy:.2f}% at {result.best_iteration}"
         )
-        console.print(
+        say(
             f"done: {result.iteration} iterations in {time.perf_counter() - started:.0f}s; "
             f"best validation {best}",
             highlight=False,
         )
-        console.print(f"next: metafew finetune {run}", highlight=False)
+        say(f"next: metafew finetune {run}", highlight=False)
+
+
+def _silent(*args: Any, **kwargs: Any) -> None:
+    """console.print for processes other than rank 0: they stay quiet."""
 
 
 def _meta_learner(run: Path, cfg: Config, checkpoint: str) -> tuple[engine.Learner, dict[str, Any]]:
