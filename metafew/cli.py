@@ -48,6 +48,7 @@ from metafew.runs import (
     RunClaim,
     config_diff,
     create_run,
+    discard_partial_writes,
     find_resumable,
     list_runs,
     load_checkpoint,
@@ -185,6 +186,7 @@ def _open_run(
     run = resolve_run(resume)
     cfg = _resume_config(run, config, overrides)
     claim.acquire(run)
+    discard_partial_writes(run)
     state, note = load_resume_checkpoint(run)
     if note:
         err.print(f"[yellow]warning:[/] {escape(note)}", highlight=False)
@@ -248,7 +250,8 @@ def train(
     requeue: Annotated[
         bool,
         typer.Option(
-            "--requeue", help="on SIGTERM/SIGUSR1 in a SLURM job: checkpoint, then `scontrol requeue` it"
+            "--requeue/--no-requeue",
+            help="on SIGTERM/SIGUSR1 in a SLURM job: checkpoint, then `scontrol requeue` it",
         ),
     ] = False,
 ) -> None:

@@ -299,6 +299,15 @@ def load_resume_checkpoint(run: Path) -> tuple[dict[str, Any] | None, str | None
     )
 
 
+def discard_partial_writes(run: Path) -> list[Path]:
+    """Delete the temporary files of writes that a killed process left half done (call it only
+    while holding the run's claim); returns them."""
+    partial = [p for folder in (run, run / "checkpoints") for p in folder.glob(".*.tmp") if p.is_file()]
+    for path in partial:
+        path.unlink(missing_ok=True)
+    return partial
+
+
 def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
     """(dotted key, old value, new value) for every leaf that differs between two config dicts."""
     out = []
