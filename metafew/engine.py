@@ -339,10 +339,13 @@ def train(
         truncate_metrics(run, state.iteration)
     sampler, val_sampler = training_samplers(cfg, data)
     started, done_at_start = time.perf_counter(), state.iteration
+    saved_at = [state.iteration]
 
     def save_last() -> None:
-        if not group.is_main:
+        # once per iteration: a second save would rotate the previous checkpoint away
+        if not group.is_main or saved_at[0] == state.iteration:
             return
+        saved_at[0] = state.iteration
         _checkpoint(run, "last", learner, opt, state, cfg)
         if val_sampler is None:  # no validation classes: the best model is the last one
             _checkpoint(run, "best", learner, opt, state, cfg)

@@ -36,7 +36,14 @@ from metafew.errors import ConfigError, RunError
 CHECKPOINT_FORMAT = 1
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 RESUMABLE_KEYS = frozenset(
-    {"train.iterations", "train.device", "train.threads", "train.log_every", "train.checkpoint_every"}
+    {
+        "train.iterations",
+        "train.device",
+        "train.threads",
+        "train.log_every",
+        "train.checkpoint_every",
+        "train.runs_dir",  # the folder may have been moved or named by another path
+    }
 )
 """Config keys that may differ between a run and its resumption (they do not change the maths)."""
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
-import pickle
 import re
 import sys
 import threading
@@ -137,19 +134,7 @@ def test_concurrent_threads_get_distinct_folders(tmp_path: Path, monkeypatch: py
     assert all(p.name.startswith(f"{STAMP}-job-") for p in made)
 
 
-def _make_folder_in_child(parent: str) -> str:
-    runs._stamp = lambda: STAMP  # every process in the same second
-    return str(new_folder(Path(parent), "job"))
-
-
-def test_concurrent_processes_get_distinct_folders(tmp_path: Path) -> None:
-    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    parent = str(tmp_path / "runs")
-    with ctx.Pool(4) as pool:
-        made = pool.map(_make_folder_in_child, [parent] * 16)
-    assert len(set(made)) == 16
-    assert len(list((tmp_path / "runs").iterdir())) == 16
-    assert all(Path(p).name.startswith(f"{STAMP}-job-") for p in made)
+# 16 processes in the same second: tests/reliability/test_faults.py
 
 
 def test_new_file_is_created_empty_and_unique(tmp_path: Path) -> None:
@@ -327,105 +312,7 @@ def test_save_into_a_missing_folder_is_a_run_error(tmp_path: Path) -> None:
     assert not (tmp_path / "nope").exists()
 
 
-def assert_refused(path: Path, match: str | None = None) -> RunError:
-    with pytest.raises(RunError, match=match) as info:
-        load_checkpoint(path)
-    assert info.value.exit_code == 4
-    assert str(path) in str(info.value)
-    return info.value
-
-
-def test_missing_checkpoint(tmp_path: Path) -> None:
-    assert_refused(tmp_path / "best.pt", "not found")
-    (tmp_path / "dir.pt").mkdir()
-    assert_refused(tmp_path / "dir.pt", "not found")
-
-
-@pytest.mark.parametrize("keep", [1, 4, 100, 0.5, -1, -30])
-def test_truncated_checkpoint(checkpoint: Path, keep: float) -> None:
-    data = checkpoint.read_bytes()
-    end = int(len(data) * keep) if isinstance(keep, float) else keep if keep > 0 else len(data) + keep
-    checkpoint.write_bytes(data[:end])
-    assert 0 < checkpoint.stat().st_size < len(data)
-    assert_refused(checkpoint, "corrupt or unsafe")
-
-
-def test_zero_byte_checkpoint(tmp_path: Path) -> None:
-    path = tmp_path / "empty.pt"
-    path.touch()
-    assert_refused(path, "corrupt or unsafe")
-
-
-def test_garbage_checkpoint(tmp_path: Path) -> None:
-    path = tmp_path / "text.pt"
-    path.write_text("this is not a checkpoint\n")
-    assert_refused(path, "corrupt or unsafe")
-
-
-@pytest.mark.parametrize("where", ["zip magic", "end of archive"])
-def test_bit_flipped_archive_structure(checkpoint: Path, where: str) -> None:
-    data = bytearray(checkpoint.read_bytes())
-    offset = 0 if where == "zip magic" else len(data) - 22  # end-of-central-directory record
-    data[offset] ^= 0x01
-    checkpoint.write_bytes(bytes(data))
-    assert_refused(checkpoint, "corrupt or unsafe")
-
-
-@pytest.mark.parametrize("where", ["tensor data", "pickled key"])
-def test_bit_flipped_payload(checkpoint: Path, where: str) -> None:
-    data = bytearray(checkpoint.read_bytes())
-    if where == "tensor data":
-        offset = bytes(data).find(state()["model"]["conv.weight"].numpy().tobytes())
-    else:
-        offset = bytes(data).find(b"best_val")
-    assert offset > 0
-    data[offset + 2] ^= 0x01
-    checkpoint.write_bytes(bytes(data))
-    assert_refused(checkpoint)
-
-
-@pytest.mark.parametrize(
-    "payload",
-    [{"model": {}}, {"format": 999, "model": {}}, [1, 2, 3], torch.zeros(3)],
-    ids=["no format", "other format", "list", "tensor"],
-)
-def test_non_metafew_checkpoint(tmp_path: Path, payload: object) -> None:
-    path = tmp_path / "other.pt"
-    torch.save(payload, path)
-    error = assert_refused(path, "not a metafew checkpoint")
-    assert f"format {CHECKPOINT_FORMAT}" in str(error)
-
-
-class Exploit:
-    """Runs a shell command when unpickled."""
-
-    def __init__(self, marker: Path):
-        self.marker = marker
-
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
-
-
-@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
-@pytest.mark.parametrize("writer", ["pickle", "torch.save"])
-@pytest.mark.parametrize("force_unsafe", [False, True], ids=["default", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"])
-def test_malicious_pickle_is_refused_and_not_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writer: str, force_unsafe: bool
-) -> None:
-    marker = tmp_path / "pwned"
-    payload = {"format": CHECKPOINT_FORMAT, "model": Exploit(marker)}
-    path = tmp_path / "evil.pt"
-    if writer == "pickle":
-        path.write_bytes(pickle.dumps(payload))
-    else:
-        torch.save(payload, path)
-    assert not marker.exists()
-    if force_unsafe:
-        monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-    else:
-        monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
-    assert_refused(path, "corrupt or unsafe")
-    assert not marker.exists()
+# corrupt, truncated, bit-flipped, foreign and malicious files: tests/reliability/test_checkpoints.py
 
 
 # ---------------------------------------------------------------------------------------------
