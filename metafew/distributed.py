@@ -126,8 +126,11 @@ class ProcessGroup(Solo):
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+        if not dist.is_initialized():
+            return
+        if kind is None:  # leave together: a process tearing down early can abort its peer
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 def join() -> Solo:
