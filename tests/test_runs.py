@@ -15,17 +15,23 @@ import torch
 
 import metafew
 from metafew import runs
-from metafew.config import Config, from_dict, load_config, parse_yaml
+from metafew.config import Config, from_dict, load_config, parse_yaml, to_dict
 from metafew.errors import RunError
 from metafew.runs import (
     CHECKPOINT_FORMAT,
+    RunClaim,
     append_metrics,
+    config_diff,
     create_run,
+    discard_partial_writes,
+    find_resumable,
     list_runs,
     load_checkpoint,
+    load_resume_checkpoint,
     load_run_config,
     new_file,
     new_folder,
+    previous_checkpoint,
     read_metrics,
     resolve_run,
     save_checkpoint,
@@ -310,6 +316,126 @@ def test_save_into_a_missing_folder_is_a_run_error(tmp_path: Path) -> None:
         save_checkpoint(path, {"iteration": 1})
     assert str(path) in str(info.value)
     assert not (tmp_path / "nope").exists()
+
+
+def test_keep_previous_rotates_last_into_last_prev(tmp_path: Path) -> None:
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"iteration": 1}, keep_previous=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+    save_checkpoint(path, {"iteration": 2}, keep_previous=True)
+    save_checkpoint(path, {"iteration": 3}, keep_previous=True)
+    assert previous_checkpoint(path) == tmp_path / "last.prev.pt"
+    assert load_checkpoint(path)["iteration"] == 3
+    assert load_checkpoint(tmp_path / "last.prev.pt")["iteration"] == 2
+    save_checkpoint(tmp_path / "best.pt", {"iteration": 3})
+    save_checkpoint(tmp_path / "best.pt", {"iteration": 4})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.prev.pt", "last.pt"]
+
+
+def test_failed_write_keeps_both_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"iteration": 1}, keep_previous=True)
+    save_checkpoint(path, {"iteration": 2}, keep_previous=True)
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:595] . PytorchStreamWriter failed writing file"
+        )
+
+    monkeypatch.setattr(runs.torch, "save", full)
+    with pytest.raises(RunError, match=r"cannot write checkpoint .*PytorchStreamWriter failed") as info:
+        save_checkpoint(path, {"iteration": 3}, keep_previous=True)
+    assert "\n" not in str(info.value)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.prev.pt", "last.pt"]
+    assert [load_checkpoint(tmp_path / n)["iteration"] for n in ("last.pt", "last.prev.pt")] == [2, 1]
+
+
+def test_disk_errors_of_small_files_are_run_errors(tmp_path: Path) -> None:
+    missing = tmp_path / "gone"
+    with pytest.raises(RunError, match="cannot write") as info:
+        write_json(missing / "x.json", {})
+    assert str(missing / "x.json") in str(info.value)
+    with pytest.raises(RunError, match=r"metrics\.jsonl"):
+        append_metrics(missing, {"iteration": 1})
+
+
+def meta_run(cfg: Config, *iterations: int) -> Path:
+    """A run folder with one last.pt per given iteration (the last one stays last.pt)."""
+    run = create_run(cfg, "cpu")
+    for it in iterations:
+        save_checkpoint(run / "checkpoints" / "last.pt", {"iteration": it}, keep_previous=True)
+    return run
+
+
+def test_load_resume_checkpoint(tiny_cfg: Config) -> None:
+    run = meta_run(tiny_cfg, 2, 4)
+    assert load_resume_checkpoint(run) == (load_checkpoint(run / "checkpoints" / "last.pt"), None)
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    state, note = load_resume_checkpoint(run)
+    assert state is not None and state["iteration"] == 2
+    assert note is not None and "\n" not in note
+    assert note.startswith(f"checkpoint {str(run / 'checkpoints' / 'last.pt')!r} is corrupt")
+    assert note.endswith("falling back to the previous checkpoint last.prev.pt (iteration 2)")
+    fresh = create_run(tiny_cfg, "cpu")
+    state, note = load_resume_checkpoint(fresh)
+    assert state is None and note is not None and "starting it over from iteration 0" in note
+
+
+def test_discard_partial_writes(tiny_cfg: Config) -> None:
+    run = meta_run(tiny_cfg, 2)
+    partial = [run / "checkpoints" / ".last.pt.0123abcd.tmp", run / ".metrics.jsonl.89abcdef.tmp"]
+    for path in partial:
+        path.write_bytes(b"half")
+    assert sorted(discard_partial_writes(run)) == sorted(partial)
+    assert leftovers(run) == []
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["iteration"] == 2
+
+
+def test_config_diff_lists_dotted_changes() -> None:
+    a = {"task": {"ways": 5, "shots": 1}, "train": {"seed": 0}}
+    b = {"task": {"ways": 5, "shots": 5}, "train": {"seed": 1}}
+    assert config_diff(a, b) == [("task.shots", 1, 5), ("train.seed", 0, 1)]
+    assert config_diff(a, a) == []
+
+
+def test_run_claim_is_exclusive_and_released(tiny_cfg: Config) -> None:
+    run = create_run(tiny_cfg, "cpu")
+    with RunClaim() as first:
+        first.acquire(run)
+        with pytest.raises(RunError, match="being trained by another process") as info:
+            RunClaim().acquire(run)
+        assert str(run) in str(info.value) and info.value.exit_code == 4
+    with RunClaim() as again:
+        again.acquire(run)  # released on exit
+
+
+def test_create_run_with_a_claim_holds_it_before_config_exists(tiny_cfg: Config) -> None:
+    with RunClaim() as claim:
+        run = create_run(tiny_cfg, "cpu", claim)
+        with pytest.raises(RunError, match="another process"):
+            RunClaim().acquire(run)
+
+
+def test_find_resumable_picks_the_newest_unfinished_run_with_the_same_config(
+    tiny_cfg: Config, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stamps = iter(f"20240101-00000{i}" for i in range(10))
+    monkeypatch.setattr(runs, "_stamp", lambda: next(stamps))
+    assert find_resumable(tiny_cfg) is None  # no runs folder yet
+    older = meta_run(tiny_cfg, 2)
+    newer = meta_run(tiny_cfg, 2)
+    finished = meta_run(tiny_cfg, 2, 4)  # train.iterations = 4
+    other = from_dict({**to_dict(tiny_cfg), "task": {**to_dict(tiny_cfg)["task"], "shots": 1}})
+    meta_run(other, 2)  # another experiment
+    assert find_resumable(tiny_cfg) == newer
+    with RunClaim() as claim:
+        claim.acquire(newer)  # being trained by another job
+        assert find_resumable(tiny_cfg) == older
+    longer = from_dict({**to_dict(tiny_cfg), "train": {**to_dict(tiny_cfg)["train"], "iterations": 8}})
+    assert find_resumable(longer) == finished  # train.iterations may grow: unfinished again
+    renamed = from_dict({**to_dict(tiny_cfg), "train": {**to_dict(tiny_cfg)["train"], "name": "other"}})
+    assert find_resumable(renamed) is None
 
 
 # corrupt, truncated, bit-flipped, foreign and malicious files: tests/reliability/test_checkpoints.py

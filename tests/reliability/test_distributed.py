@@ -25,7 +25,7 @@ from torch.distributed.run import get_args_parser
 
 from metafew.cli import app
 from metafew.config import load_config
-from metafew.distributed import ProcessGroup, Solo
+from metafew.distributed import ProcessGroup, Solo, requeue_slurm_job
 
 pytestmark = pytest.mark.fault
 
@@ -145,3 +145,12 @@ def test_torchrun_flags_reach_train_help() -> None:
     text = ok("train", "--help", env={"COLUMNS": "200"}).stdout
     for flag in ("--resume", "--requeue", "--no-requeue"):
         assert flag in text
+
+
+def test_requeue_outside_slurm_or_without_scontrol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert requeue_slurm_job() == "not requeued: SLURM_JOB_ID is not set (not a SLURM job)"
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no scontrol anywhere
+    outcome = requeue_slurm_job()
+    assert outcome.startswith("requeue of SLURM job 7 failed:") and "scontrol" in outcome

@@ -265,3 +265,41 @@ def test_divergence_mid_run_exits_5_and_keeps_finite_checkpoints(
         assert state["iteration"] == 2
         assert all(bool(torch.isfinite(v).all()) for v in state["params"].values())
     assert [r["iteration"] for r in read_metrics(run)] == [1, 2, 2]  # no line for iteration 3
+
+
+# ---------------------------------------------------------------------------------------------
+# schedules and algorithms with state of their own
+
+
+VARIANTS = {
+    "MAML++ (MSL annealing, first-order warm-up, LSLR, BNWB, cosine lr)": [
+        "algorithm.inner_steps=2",
+        "algorithm.maml.multi_step_loss=true",
+        "algorithm.maml.msl_iterations=4",
+        "algorithm.maml.learn_inner_lr=true",
+        "algorithm.maml.per_step_bn=true",
+        "algorithm.maml.first_order_iterations=3",
+        "train.lr_schedule=cosine",
+    ],
+    "Reptile (per-task mini-batch streams, linear lr)": [
+        "algorithm.name=reptile",
+        "algorithm.inner_steps=3",
+        "train.optimizer=sgd",
+        "train.outer_lr=1.0",
+        "train.lr_schedule=linear",
+        "algorithm.reptile.inner_batch_size=4",
+    ],
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_preempted_variant_resumes_bit_identical(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, variant: str
+) -> None:
+    extra = [*ARGS, *VARIANTS[variant]]
+    ok("train", *tiny(tmp_path / "straight", *extra))
+    signal_after(monkeypatch, signal.SIGTERM, 3)  # between the checkpoints of 2 and 4
+    assert invoke("train", *tiny(tmp_path / "stopped", *extra)).exit_code == 130
+    monkeypatch.undo()
+    ok("train", "--resume", "auto", *tiny(tmp_path / "stopped", *extra))
+    assert fingerprint(only_child(tmp_path / "stopped")) == fingerprint(only_child(tmp_path / "straight"))
