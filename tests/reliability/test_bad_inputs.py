@@ -19,9 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import make_class_folder, write_image
-from test_cli import REPO, assert_user_error, invoke, ok, only_child, tiny
-
-from metafew.errors import EXIT_CODES
+from test_cli import assert_user_error, invoke, ok, only_child, tiny
 
 pytestmark = pytest.mark.bad_input
 
@@ -209,10 +207,3 @@ def test_predict_on_a_folder_of_only_unreadable_files_is_rejected(tmp_path: Path
     (pictures / "a.png").write_bytes(b"")
     png_header(pictures / "b.png", 20000, 20000)
     assert_user_error(invoke("predict", only_child(run / "finetune"), pictures), 3, "could be read")
-
-
-def test_readme_documents_every_exit_code() -> None:
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    section = readme.split("\n## Exit codes\n", 1)[1].split("\n## ", 1)[0]
-    rows = re.findall(r"^\| (\d+) \| (.+) \|$", section, re.M)
-    assert {int(code): meaning for code, meaning in rows} == EXIT_CODES

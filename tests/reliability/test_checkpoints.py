@@ -28,8 +28,6 @@ from test_cli import assert_user_error, invoke, load_pt, ok, only_child, tiny
 from metafew.errors import RunError
 from metafew.runs import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 
-pytestmark = pytest.mark.fault
-
 
 def first_tensor(tree: Any) -> torch.Tensor:
     """The first float tensor of 8+ values in a (nested) checkpoint."""
@@ -88,6 +86,7 @@ def sample_state() -> dict[str, Any]:
     return {"iteration": 7, "params": {"w": torch.randn(4, 1, 3, 3, generator=gen)}, "best_val": 0.75}
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize("damage", list(DAMAGES))
 def test_damaged_checkpoint_is_refused(tmp_path: Path, damage: str) -> None:
     path = tmp_path / "last.pt"
@@ -119,6 +118,7 @@ def stopped_at_4(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return runs_dir
 
 
+@pytest.mark.fault
 @pytest.mark.parametrize("damage", list(DAMAGES))
 def test_resume_falls_back_to_the_previous_checkpoint(
     tmp_path: Path, stopped_at_4: Path, reference: dict[str, Any], damage: str
@@ -135,6 +135,7 @@ def test_resume_falls_back_to_the_previous_checkpoint(
     assert fingerprint(run) == reference
 
 
+@pytest.mark.bad_input
 def test_resume_with_both_checkpoints_damaged_is_refused(tmp_path: Path, stopped_at_4: Path) -> None:
     runs_dir = tmp_path / "runs"
     shutil.copytree(stopped_at_4, runs_dir)
@@ -169,6 +170,7 @@ def write_exploit(path: Path, marker: Path, writer: str) -> None:
 FORCE = {"default": None, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1": "1"}
 
 
+@pytest.mark.bad_input
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("writer", ["pickle", "torch.save"])
 @pytest.mark.parametrize("force", list(FORCE))
@@ -204,6 +206,7 @@ COMMANDS = {
 }
 
 
+@pytest.mark.bad_input
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 @pytest.mark.parametrize("force", list(FORCE))
 @pytest.mark.parametrize("command", list(COMMANDS))

@@ -26,8 +26,7 @@ from torch.distributed.run import get_args_parser
 from metafew.cli import app
 from metafew.config import load_config
 from metafew.distributed import ProcessGroup, Solo, requeue_slurm_job
-
-pytestmark = pytest.mark.fault
+from metafew.errors import EXIT_CODES
 
 DDP_ARGS = ["train.meta_batch_size=4", "train.optimizer=sgd", "train.outer_lr=0.5"]
 
@@ -38,6 +37,7 @@ def torchrun(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([*command, "-m", "metafew", *args], capture_output=True, text=True, timeout=300)
 
 
+@pytest.mark.fault
 def test_two_processes_match_one_and_resume(tmp_path: Path) -> None:
     single_dir, ddp_dir = tmp_path / "single", tmp_path / "ddp"
     ok("train", *tiny(single_dir, *DDP_ARGS))
@@ -154,3 +154,10 @@ def test_requeue_outside_slurm_or_without_scontrol(tmp_path: Path, monkeypatch: 
     monkeypatch.setenv("PATH", str(tmp_path))  # no scontrol anywhere
     outcome = requeue_slurm_job()
     assert outcome.startswith("requeue of SLURM job 7 failed:") and "scontrol" in outcome
+
+
+def test_readme_documents_every_exit_code() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Exit codes\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (\d+) \| (.+) \|$", section, re.M)
+    assert {int(code): meaning for code, meaning in rows} == EXIT_CODES
