@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,10 @@ from metafew.config import Config, from_dict
 # 2-core CI machine slow each other down many times over. Subprocesses inherit the variable.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
+
+# Decoded datasets are cached under $METAFEW_CACHE: the tests use a fresh folder of their own,
+# never the user's cache. Tests of the cache itself point the variable at their tmp_path.
+os.environ["METAFEW_CACHE"] = tempfile.mkdtemp(prefix="metafew-test-cache-")
 
 TINY_OVERRIDES: dict = {
     "data": {

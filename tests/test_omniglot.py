@@ -27,12 +27,17 @@ NOVEL = {"Japanese_(katakana)": 47, "Sanskrit": 42, "Tagalog": 17}
 TRAIN = {"Balinese": 24, "Early_Aramaic": 22, "Greek": 24, "Korean": 40, "Latin": 26}
 
 
-def data_cfg(root: Path | str | None, size: int = 28, channels: int = 1, **omniglot: object) -> DataConfig:
+def data_cfg(
+    root: Path | str | None, size: int = 28, channels: int = 1, novel_labeled: int = 0, **omniglot: object
+) -> DataConfig:
+    """Omniglot data config; the split defaults to `alphabets` (the one the minimal zips allow)."""
+    omniglot.setdefault("split", "alphabets")
     return DataConfig(
         dataset="omniglot",
         root=None if root is None else str(root),
         image_size=size,
         channels=channels,
+        novel_labeled=novel_labeled,
         omniglot=OmniglotConfig(**omniglot),  # type: ignore[arg-type]
     )
 
@@ -64,7 +69,7 @@ def real(real_root: Path) -> FewShotData:
 
 
 def test_registered_and_selected_by_config(real_root: Path) -> None:
-    assert DATASETS["omniglot"] is omni.load_omniglot
+    assert DATASETS["omniglot"] is omni.OMNIGLOT
     cfg = load_config(None, ["data.dataset=omniglot", f"data.root={real_root}"])
     assert cfg.data.omniglot == OmniglotConfig()
 
@@ -163,13 +168,13 @@ def test_corrupt_zip_is_refused_naming_the_file(real_root: Path, tmp_path: Path)
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     path.write_bytes(bytes(raw))
-    with pytest.raises(DataError, match=r"images_background_small1\.zip.*sha256.*download it again"):
+    with pytest.raises(DataError, match=r"images_background_small1\.zip.*sha256.*fetch it again"):
         load_data(data_cfg(tmp_path))
 
 
 def test_web_page_saved_as_zip_is_refused(tmp_path: Path) -> None:
     (tmp_path / SMALL_ZIPS[0]).write_text("<!DOCTYPE html><html><body>Not found</body></html>")
-    with pytest.raises(DataError, match=r"images_background_small1\.zip.*not a zip.*web page"):
+    with pytest.raises(DataError, match=r"images_background_small1\.zip.*web page"):
         load_data(data_cfg(tmp_path))
 
 
@@ -187,7 +192,7 @@ def test_unknown_alphabet_lists_the_valid_ones(real_root: Path) -> None:
 
 
 def test_missing_root_says_where_to_put_the_files(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"data\.root is not set.*images_background_small1\.zip"):
+    with pytest.raises(DataError, match=r"data\.root is not set.*images_background\.zip"):
         load_data(data_cfg(None))
     with pytest.raises(DataError, match="does not exist"):
         load_data(data_cfg(tmp_path / "nowhere"))
@@ -202,7 +207,8 @@ def test_missing_root_says_where_to_put_the_files(tmp_path: Path) -> None:
         ("data.omniglot.sources=small1+small1", "distinct"),
         ("data.omniglot.test_alphabets=' , '", "test_alphabets is empty"),
         ("data.omniglot.val_alphabets=Tagalog", "both"),
-        ("data.omniglot.novel_labeled=21", "<= 20"),
+        ("data.omniglot.split=vinyal", "data.omniglot.split"),
+        ("data.omniglot.val_characters=1101", "<= 1100"),
         ("data.omniglot.rotations=maybe", "true or false"),
     ],
 )
@@ -215,7 +221,7 @@ def test_config_source_names_match_the_parts() -> None:
     from metafew.config import OMNIGLOT_SOURCES
 
     assert set(OMNIGLOT_SOURCES) == set(omni.PARTS)
-    assert {f"{stem}.zip" for stem in omni.PARTS.values()} == set(omni.CHECKSUMS)
+    assert {f"{stem}.zip" for stem in omni.PARTS.values()} == {r.name for r in omni.REMOTES.values()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,7 +300,7 @@ def test_order_of_parts_and_files_does_not_matter(folders: Path) -> None:
 
 
 def test_zip_and_folder_read_the_same(folders: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(omni, "CHECKSUMS", {})  # synthetic zips have no official sums
+    monkeypatch.setattr(omni, "REMOTES", {})  # synthetic zips have no official sums
     zips = tmp_path / "zips"
     zips.mkdir()
     write_zip(zips / "images_background_small1.zip", layout("images_background_small1", PART1), reverse=True)
@@ -308,8 +314,10 @@ def test_zip_and_folder_read_the_same(folders: Path, tmp_path: Path, monkeypatch
 def test_zip_is_preferred_to_its_folder(real_root: Path, tmp_path: Path) -> None:
     shutil.copy(real_root / SMALL_ZIPS[0], tmp_path / SMALL_ZIPS[0])
     write_folder(tmp_path, layout("images_background_small1", {"Fake/character01": 2}))
+    paths = omni.find_parts(data_cfg(tmp_path, sources="small1"))
+    assert paths == [tmp_path / SMALL_ZIPS[0]]
     with ExitStack() as stack:
-        part = omni.open_part(tmp_path, "small1", stack)
+        part = omni.open_part("small1", paths[0], stack)
         assert part.archive is not None
         assert {a for a, _, _ in part.members} == {"Balinese", "Early_Aramaic", "Greek", "Korean", "Latin"}
 
