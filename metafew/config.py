@@ -132,16 +132,13 @@ FASHION_MNIST_CLASSES = (
 class FashionMNISTConfig:
     """Which Fashion-MNIST classes meta-train, validate and test (any disjoint choice)."""
 
-    train_classes: str = param(
-        "tshirt_top,trouser,pullover,dress,coat", "comma-separated meta-train classes"
-    )
+    train_classes: str = param("tshirt_top,trouser,pullover,dress,coat", "comma-separated meta-train classes")
     val_classes: str = param("", "comma-separated validation classes ('' = none)")
     test_classes: str = param("sandal,shirt,sneaker,bag,ankle_boot", "comma-separated novel classes")
 
     def __post_init__(self) -> None:
         groups = {
-            key: comma_list(getattr(self, key))
-            for key in ("train_classes", "val_classes", "test_classes")
+            key: comma_list(getattr(self, key)) for key in ("train_classes", "val_classes", "test_classes")
         }
         for key, names in groups.items():
             unknown = [n for n in names if n not in FASHION_MNIST_CLASSES]
