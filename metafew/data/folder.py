@@ -218,6 +218,6 @@ def _build(cfg: DataConfig, sources: list[Path], recorded: Splits | None) -> Few
 FOLDER = Dataset(
     sources=lambda cfg, progress: [_root(cfg)],
     build=_build,
-    summary="folder: your own pictures, one folder per class (split by you, or automatically)",
+    summary="your own pictures, one folder per class (split by you, or automatically)",
     files="data.root: meta_train/, [meta_val/], novel/labeled/, [novel/unlabeled/], or <class>/ folders",
 )

@@ -129,7 +129,7 @@ def _build(cfg: DataConfig, sources: list[Path], recorded: Splits | None) -> Few
 GLYPHS = Dataset(
     sources=lambda cfg, progress: [],
     build=_build,
-    summary="glyphs: procedurally drawn stroke characters, embedded (no files, no download)",
+    summary="procedurally drawn stroke characters, embedded (no files, no download)",
     files="none: generated from data.glyphs.seed",
     cacheable=False,  # generated in about a second; a cache would only go stale with the code
 )

@@ -332,7 +332,7 @@ def build_omniglot(cfg: DataConfig, sources: list[Path], recorded: Splits | None
 OMNIGLOT = Dataset(
     sources=find_parts,
     build=build_omniglot,
-    summary="Omniglot: 1623 handwritten characters of 50 alphabets, 20 drawers each (Lake et al. 2015)",
+    summary="1623 handwritten characters of 50 alphabets, 20 drawers each (Lake et al. 2015)",
     files="images_background.zip, images_evaluation.zip (or the minimal "
     "images_background_small1/2.zip), downloadable; zips or extracted folders in data.root",
     remotes=tuple(REMOTES.values()),
