@@ -172,29 +172,31 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
-def describe_sources(paths: Sequence[Path], limit: int = 16) -> dict[str, Any]:
-    """Provenance of source files: name, size and SHA-256 of each of up to `limit` files (the
-    archives most datasets ship as); for more (a folder of pictures), one SHA-256 over every
-    file's relative path and bytes, with the file count and total size."""
-    files = [p for path in paths for p in (sorted(path.rglob("*")) if path.is_dir() else [path])]
-    files = [p for p in files if p.is_file() and not any(x.startswith(".") for x in p.parts)]
-    if len(files) <= limit:
-        return {
-            "files": [
-                {"name": p.name, "bytes": p.stat().st_size, "sha256": file_digest(p, "sha256")} for p in files
-            ]
-        }
-    tree = hashlib.sha256()
-    for base in paths:
-        for p in files:
-            if p.is_relative_to(base):
-                tree.update(f"{p.relative_to(base).as_posix()}\0".encode())
-                tree.update(bytes.fromhex(file_digest(p, "sha256")))
-    return {
-        "count": len(files),
-        "bytes": sum(p.stat().st_size for p in files),
-        "tree_sha256": tree.hexdigest(),
-    }
+def describe_sources(paths: Sequence[Path]) -> list[dict[str, Any]]:
+    """Provenance of a dataset's sources, one entry each: a file (an archive) by name, size and
+    SHA-256; a folder by name, file count, total size and one SHA-256 over every file's relative
+    path and SHA-256 (hidden files skipped), so that any changed, added or removed file shows."""
+    described: list[dict[str, Any]] = []
+    for path in paths:
+        if path.is_file():
+            described.append(
+                {"name": path.name, "bytes": path.stat().st_size, "sha256": file_digest(path, "sha256")}
+            )
+            continue
+        files = sorted(p for p in path.rglob("*") if p.is_file())
+        files = [p for p in files if not any(x.startswith(".") for x in p.relative_to(path).parts)]
+        tree = hashlib.sha256()
+        for file in files:
+            tree.update(f"{file.relative_to(path).as_posix()}\0{file_digest(file, 'sha256')}\n".encode())
+        described.append(
+            {
+                "name": path.name,
+                "files": len(files),
+                "bytes": sum(p.stat().st_size for p in files),
+                "tree_sha256": tree.hexdigest(),
+            }
+        )
+    return described
 
 
 def ensure_files(
