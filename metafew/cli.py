@@ -346,8 +346,12 @@ def _unlabeled_pictures(
     cfg: Config, folder: Path | None, run: Path
 ) -> tuple[UnlabeledImages, list[tuple[str, str]]]:
     """The pictures to label: a folder (unreadable files listed, not fatal) or the dataset's own."""
-    if folder is None and cfg.data.dataset == "folder":
-        folder = Path(cfg.data.root or ".") / "novel" / "unlabeled"
+    if (
+        folder is None
+        and cfg.data.dataset == "folder"
+        and (Path(cfg.data.root or ".") / "meta_train").is_dir()
+    ):
+        folder = Path(cfg.data.root or ".") / "novel" / "unlabeled"  # read with per-file errors
     if folder is not None:
         return load_unlabeled(folder, cfg.data.image_size, cfg.data.channels)
     pictures = _load_data(cfg, run).unlabeled
