@@ -581,7 +581,7 @@ def data_prepare(
                 )
         if data.unlabeled is not None:
             console.print(f"unlabeled: {len(data.unlabeled.names)} pictures", highlight=False)
-        console.print(f"ready in {seconds:.1f}s (cache: {cache_root()})", highlight=False)
+        console.print(f"ready in {seconds:.2f}s (cache: {cache_root()})", highlight=False)
 
 
 @data_app.command("check")
