@@ -21,13 +21,24 @@ from metafew.data.base import (
     split_novel,
     to_float,
 )
+from metafew.data.cifar import CIFAR_FS, FC100
 from metafew.data.download import Progress, describe_sources
+from metafew.data.fashion_mnist import FASHION_MNIST
 from metafew.data.folder import FOLDER, load_class_folders, load_unlabeled
 from metafew.data.glyphs import GLYPHS
+from metafew.data.mini_imagenet import MINI_IMAGENET
 from metafew.data.omniglot import OMNIGLOT
 from metafew.errors import DataError
 
-DATASETS: dict[str, Dataset] = {"glyphs": GLYPHS, "folder": FOLDER, "omniglot": OMNIGLOT}
+DATASETS: dict[str, Dataset] = {
+    "glyphs": GLYPHS,
+    "folder": FOLDER,
+    "omniglot": OMNIGLOT,
+    "mini-imagenet": MINI_IMAGENET,
+    "cifar-fs": CIFAR_FS,
+    "fc100": FC100,
+    "fashion-mnist": FASHION_MNIST,
+}
 """Every dataset metafew can load, by the name used in `data.dataset`."""
 
 
