@@ -14,6 +14,7 @@ The cache lives in $METAFEW_CACHE, else $XDG_CACHE_HOME/metafew, else ~/.cache/m
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -43,8 +44,10 @@ def _files(paths: Iterable[Path]) -> list[Path]:
     out: list[Path] = []
     for path in paths:
         if path.is_dir():
-            below = (p for p in path.rglob("*") if p.is_file())
-            out.extend(sorted(p for p in below if not any(part.startswith(".") for part in p.parts)))
+            below = (p for p in path.rglob("*") if p.is_file())  # hidden below `path`, not above it
+            out.extend(
+                sorted(p for p in below if not any(x.startswith(".") for x in p.relative_to(path).parts))
+            )
         elif path.exists():
             out.append(path)
     return out
@@ -142,5 +145,6 @@ def store_entry(path: Path, data: FewShotData) -> bool:
         os.replace(part, path)
         return True
     except OSError:
-        part.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # e.g. the cache's parent is a file: no part to remove
+            part.unlink(missing_ok=True)
         return False

@@ -134,7 +134,7 @@ def download(
     folder.mkdir(parents=True, exist_ok=True)
     target = folder / remote.name
     part = folder / f".{remote.name}.part-{os.getpid()}"
-    failures: list[str] = []
+    failures: dict[str, str] = {}  # the last reason of each URL: every source is named
     try:
         for url in remote.urls():
             for attempt in range(retries):
@@ -142,10 +142,11 @@ def download(
                     _fetch_once(url, part, remote.name, progress, timeout)
                     verify(part, remote)
                 except DataError as exc:  # wrong bytes: another try from here would repeat them
-                    failures.append(f"{url}: {str(exc).split(': ', 1)[-1].split(';')[0]}")
+                    why = str(exc).removeprefix(repr(str(part))).lstrip(": ")  # verify's words
+                    failures[url] = why.split(";")[0].split(": delete")[0]
                     break
                 except (OSError, ValueError, urllib.error.URLError) as exc:
-                    failures.append(f"{url}: {getattr(exc, 'reason', exc)}")
+                    failures[url] = str(getattr(exc, "reason", exc))
                     if attempt + 1 < retries:
                         time.sleep(pause * 2**attempt)
                     continue
@@ -154,8 +155,9 @@ def download(
                 return target
     finally:
         part.unlink(missing_ok=True)
+    reasons = "; ".join(f"{url}: {why}" for url, why in failures.items())
     raise DataError(
-        f"could not download {remote.name} ({'; '.join(failures[-3:])}); without network, fetch it "
+        f"could not download {remote.name} ({reasons}); without network, fetch it "
         f"from {remote.page} and put it at {str(target)!r}, or set {MIRROR_ENV} to a folder or "
         "URL that holds it"
     )
