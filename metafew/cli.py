@@ -7,8 +7,10 @@ User errors (metafew.errors) become one line on stderr and the documented exit c
 from __future__ import annotations
 
 import csv
+import json
 import signal
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -41,8 +43,18 @@ from metafew.config import (
     parse_yaml,
     to_dict,
 )
-from metafew.data import FewShotData, UnlabeledImages, load_class_folders, load_data, load_unlabeled
-from metafew.errors import EXIT_CODES, ConfigError, Interrupted, MetafewError, RunError
+from metafew.data import (
+    DATASETS,
+    FewShotData,
+    Splits,
+    UnlabeledImages,
+    load_class_folders,
+    load_data,
+    load_unlabeled,
+)
+from metafew.data.cache import cache_root
+from metafew.data.check import check_pictures
+from metafew.errors import EXIT_CODES, ConfigError, DataError, Interrupted, MetafewError, RunError
 from metafew.runs import (
     RESUMABLE_KEYS,
     RunClaim,
@@ -202,10 +214,12 @@ def _prepare_main(
     cfg, run, state = _open_run(config, overrides, resume, claim)
     _setup_threads(cfg)
     device = engine.resolve_device(cfg.train.device)
-    data = load_data(cfg.data)
+    data = _load_data(cfg, run)
     engine.training_samplers(cfg, data)
     if run is None:
         run = create_run(cfg, str(device), claim)
+    if not (run / "data.json").is_file():
+        write_json(run / "data.json", data.provenance)
     return cfg, run, state, data
 
 
@@ -233,7 +247,7 @@ def _prepare(
         raise RunError(
             f"rank {group.rank} does not see rank 0's checkpoint in {str(run)!r}: use a shared folder"
         )
-    return cfg, run, state, load_data(cfg.data)
+    return cfg, run, state, load_data(cfg.data, _recorded_split(run))  # the split rank 0 recorded
 
 
 @app.command()
@@ -325,7 +339,7 @@ def finetune(
         novel = (
             load_class_folders(labeled, cfg.data.image_size, cfg.data.channels)
             if labeled
-            else load_data(cfg.data).novel
+            else _load_data(cfg, run).novel
         )
         learner, state = _meta_learner(run, cfg, _checkpoint_name(checkpoint))
         model = engine.finetune(cfg, learner, novel)
@@ -374,7 +388,7 @@ def predict(
         if state.get("kind") != "finetuned":
             raise RunError(f"{str(model_dir)!r} holds no fine-tuned model; run `metafew finetune` first")
         cfg = from_dict(state["config"])
-        pictures, failed = _unlabeled_pictures(cfg, folder)
+        pictures, failed = _unlabeled_pictures(cfg, folder, model_dir.parent.parent)
         learner = engine.build_learner(
             cfg, engine.resolve_device(cfg.train.device), int(state["train_classes"])
         )
@@ -402,13 +416,19 @@ def predict(
         )
 
 
-def _unlabeled_pictures(cfg: Config, folder: Path | None) -> tuple[UnlabeledImages, list[tuple[str, str]]]:
+def _unlabeled_pictures(
+    cfg: Config, folder: Path | None, run: Path
+) -> tuple[UnlabeledImages, list[tuple[str, str]]]:
     """The pictures to label: a folder (unreadable files listed, not fatal) or the dataset's own."""
-    if folder is None and cfg.data.dataset == "folder":
-        folder = Path(cfg.data.root or ".") / "novel" / "unlabeled"
+    if (
+        folder is None
+        and cfg.data.dataset == "folder"
+        and (Path(cfg.data.root or ".") / "meta_train").is_dir()
+    ):
+        folder = Path(cfg.data.root or ".") / "novel" / "unlabeled"  # read with per-file errors
     if folder is not None:
         return load_unlabeled(folder, cfg.data.image_size, cfg.data.channels)
-    pictures = load_data(cfg.data).unlabeled
+    pictures = _load_data(cfg, run).unlabeled
     if pictures is None:
         raise ConfigError(
             "this dataset has no unlabeled pictures: give a folder, "
@@ -439,7 +459,7 @@ def evaluate(
         cfg = _run_config(run, overrides or [], ("eval", "train"))
         _setup_threads(cfg)
         which = _checkpoint_name(checkpoint or cfg.eval.checkpoint)
-        novel = load_data(cfg.data).novel
+        novel = _load_data(cfg, run).novel
         queries = engine.test_queries(cfg, novel)
         sampler = EpisodeSampler(novel, cfg.task.ways, cfg.task.shots, queries, cfg.eval.seed, "novel")
         learner, state = _meta_learner(run, cfg, which)
@@ -552,6 +572,117 @@ def exit_codes() -> None:
     """The exit codes metafew uses."""
     for code, meaning in EXIT_CODES.items():
         console.print(f"{code:>3}  {meaning}", highlight=False)
+
+
+class _DownloadBar:
+    """Progress callback for dataset downloads: a bar on stderr, shown once bytes arrive."""
+
+    def __init__(self) -> None:
+        self.bar: Progress | None = None
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, name: str, done: int, total: int | None) -> None:
+        if self.bar is None:
+            self.bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[mb]}"), console=err
+            )
+            self.bar.start()
+        if name not in self.tasks:
+            self.tasks[name] = self.bar.add_task(f"downloading {name}", total=total, mb="")
+        self.bar.update(self.tasks[name], completed=done, mb=f"{done / 2**20:.1f} MB")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _recorded_split(run: Path | None) -> Splits | None:
+    """The class lists a run was trained with (its data.json), if it recorded them."""
+    path = None if run is None else run / "data.json"
+    if path is None or not path.is_file():
+        return None
+    try:
+        classes = json.loads(path.read_text(encoding="utf-8"))["classes"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RunError(f"{str(path)!r} is unreadable ({exc}); restore it from a backup") from None
+    return {split: list(names) for split, names in classes.items()}
+
+
+def _load_data(cfg: Config, run: Path | None = None) -> FewShotData:
+    """The configured dataset (downloads shown as a bar); the run's recorded split when `run`."""
+    bar = _DownloadBar()
+    try:
+        return load_data(cfg.data, _recorded_split(run), bar)
+    finally:
+        bar.close()
+
+
+data_app = typer.Typer(help="List, download and check datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """The datasets metafew reads, where their files come from, and which it can download."""
+    table = Table("data.dataset", "what", "files", "download")
+    for name, dataset in DATASETS.items():
+        table.add_row(name, dataset.summary, dataset.files, "yes" if dataset.remotes else "no")
+    console.print(table)
+    console.print(f"decoded-tensor cache: {cache_root()} (METAFEW_CACHE moves it)", highlight=False)
+
+
+@data_app.command("prepare")
+def data_prepare(
+    name: Annotated[str, typer.Argument(help="dataset name (metafew data list)")],
+    root: Annotated[Path | None, typer.Option(help="folder for the dataset's files (data.root)")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML experiment config")] = None,
+    overrides: Overrides = None,
+) -> None:
+    """Download (when needed) and check a dataset's files, decode them and fill the cache."""
+    with user_errors():
+        extra = [f"data.dataset={name}", "data.download=true", *([f"data.root={root}"] if root else [])]
+        cfg = load_config(config, [*(overrides or []), *extra])
+        started = time.perf_counter()
+        data = _load_data(cfg)
+        seconds = time.perf_counter() - started
+        splits = {"meta_train": data.meta_train, "meta_val": data.meta_val, "novel": data.novel}
+        for split, images in splits.items():
+            if images is not None:
+                console.print(
+                    f"{split}: {len(images.classes)} classes, {len(images.labels)} pictures "
+                    f"{tuple(images.images.shape[1:])}",
+                    highlight=False,
+                )
+        if data.unlabeled is not None:
+            console.print(f"unlabeled: {len(data.unlabeled.names)} pictures", highlight=False)
+        console.print(f"ready in {seconds:.2f}s (cache: {cache_root()})", highlight=False)
+
+
+@data_app.command("check")
+def data_check(
+    path: Annotated[Path, typer.Argument(help="folder of pictures (any depth) or a .zip")],
+    min_side: Annotated[int, typer.Option(help="pictures with a shorter side are reported tiny")] = 8,
+) -> None:
+    """Open every picture fully; report corrupt, truncated, tiny, huge and unreadable files and
+    the pictures per class. Exit code 0 when all are fine, 3 when any is not."""
+    with user_errors():
+        report = check_pictures(path, min_side)
+        table = Table("class (folder)", "pictures")
+        for group, count in sorted(report.counts.items()):
+            table.add_row(escape(group or "."), str(count))
+        console.print(table)
+        for problem in report.problems:
+            err.print(
+                f"[red]{problem.kind}[/] {escape(problem.where)}: {escape(problem.detail)}", highlight=False
+            )
+        total = sum(report.counts.values()) + len(report.problems)
+        console.print(
+            f"{total} pictures, {len(report.problems)} with problems, {report.skipped} other files skipped",
+            highlight=False,
+        )
+        if report.problems:
+            kinds = ", ".join(f"{k} {n}" for k, n in sorted(Counter(p.kind for p in report.problems).items()))
+            raise DataError(f"{len(report.problems)} of {total} pictures cannot be used ({kinds}); see above")
 
 
 def main() -> None:
