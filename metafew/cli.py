@@ -54,7 +54,15 @@ from metafew.data import (
 )
 from metafew.data.cache import cache_root
 from metafew.data.check import check_pictures
-from metafew.errors import EXIT_CODES, ConfigError, DataError, Interrupted, MetafewError, RunError
+from metafew.errors import (
+    EXIT_CODES,
+    ConfigError,
+    DataError,
+    DivergedError,
+    Interrupted,
+    MetafewError,
+    RunError,
+)
 from metafew.runs import (
     RESUMABLE_KEYS,
     RunClaim,
@@ -102,7 +110,8 @@ def user_errors(prefix: str = "") -> Iterator[None]:
 
 
 class _ReportedByRankZero(MetafewError):
-    """Rank 0 failed before training and printed why; the other processes exit with its code."""
+    """Rank 0 stopped (an error before training, a signal, divergence) and printed why; the other
+    processes exit with the same code and say nothing."""
 
     def __init__(self, code: int) -> None:
         super().__init__("")
@@ -280,8 +289,10 @@ def train(
         try:
             with bar if bar is not None and group.is_main else nullcontext():
                 result = engine.train(cfg, data, run, state, report if group.is_main else None, stop, group)
-        except Interrupted as exc:
-            if requeue and stop.signal != signal.SIGINT and group.is_main:
+        except (Interrupted, DivergedError) as exc:
+            if not group.is_main:  # every process stops at the same step; rank 0 says why
+                raise _ReportedByRankZero(exc.exit_code) from None
+            if isinstance(exc, Interrupted) and requeue and stop.signal != signal.SIGINT:
                 raise Interrupted(f"{exc}; {distributed.requeue_slurm_job()}") from None
             raise
         best = (
