@@ -15,10 +15,11 @@ import errno
 import multiprocessing
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -181,6 +182,34 @@ def test_disk_full_is_a_clean_error_and_resume_is_exact(
     monkeypatch.undo()  # space freed
     resume_auto(runs_dir)
     assert fingerprint(run) == reference
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A real 200 KiB tmpfs (room for about two checkpoints); skipped where mount is not allowed."""
+    mount = tmp_path / "small"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=200k", "tmpfs", str(mount)], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], check=True)
+
+
+def test_a_really_full_disk(tmp_path: Path, small_disk: Path, reference: dict[str, Any]) -> None:
+    runs_dir = small_disk / "runs"
+    assert_user_error(invoke("train", *tiny(runs_dir, *ARGS)), 4, "No space left on device", "resume")
+    run = only_child(runs_dir)
+    assert not list(run.rglob("*.tmp"))
+    assert 2 <= load_pt(run / "checkpoints" / "last.pt")["iteration"] < 6
+    moved = tmp_path / "runs"  # space freed: the run moved to a bigger disk
+    shutil.copytree(runs_dir, moved)
+    resume_auto(moved)
+    assert fingerprint(only_child(moved)) == reference
 
 
 def test_unwritable_run_roots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
