@@ -269,7 +269,6 @@ def _checkpoint(
                 "val_seed": cfg.train.seed + 1,
             },
             "rng": rng_states(),
-            "torch_rng": torch.get_rng_state(),
             "config": to_dict(cfg),
         },
         keep_previous=name == "last",
@@ -282,7 +281,7 @@ def _restore(learner: Learner, opt: torch.optim.Optimizer, cfg: Config, saved: d
     opt.load_state_dict(saved["optimizer"])
     if "rng" in saved:
         restore_rng_states(saved["rng"])
-    else:  # checkpoints written before the full RNG record
+    else:  # checkpoints written before the full RNG record held only torch's
         torch.set_rng_state(saved["torch_rng"])
     sampler = saved.get("sampler", {"seed": cfg.train.seed})
     if sampler["seed"] != cfg.train.seed:
