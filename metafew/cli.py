@@ -278,7 +278,7 @@ def train(
         ),
     ] = False,
 ) -> None:
-    """Meta-train M_meta; writes a new run folder under train.runs_dir (one per torchrun job)."""
+    """Meta-train M_meta into a new run folder under train.runs_dir, or continue one (--resume)."""
     group = distributed.join()
     say = console.print if group.is_main else _silent
     with user_errors("" if group.is_main else f"rank {group.rank}: "), group, RunClaim() as claim:

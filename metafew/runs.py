@@ -13,7 +13,6 @@ runs/<YYYYmmdd-HHMMSS>-<name>-<id>/
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import platform
@@ -30,6 +29,11 @@ from typing import Any
 import torch
 
 import metafew
+
+try:
+    import fcntl
+except ImportError:  # Windows has no flock: runs are not claimed there
+    fcntl = None  # type: ignore[assignment]
 from metafew.config import Config, dump_yaml, from_dict, parse_yaml, to_dict
 from metafew.errors import ConfigError, RunError
 
@@ -336,6 +340,8 @@ class RunClaim:
 
     def acquire(self, run: Path) -> None:
         """Claim `run`; RunError if another process holds it."""
+        if fcntl is None:
+            return
         fd = os.open(run / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
