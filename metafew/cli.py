@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -174,38 +175,51 @@ def _setup_threads(cfg: Config) -> None:
         torch.set_num_threads(cfg.train.threads)
 
 
-def _resume_config(run: Path, config: Path | None, overrides: list[str]) -> Config:
-    """The run's saved config, with only RESUMABLE_KEYS allowed to change."""
+@dataclass(frozen=True)
+class _Request:
+    """What `metafew train` was asked for: config file, overrides, --resume, --allow-change."""
+
+    config: Path | None
+    overrides: list[str]
+    resume: str | None
+    allowed: frozenset[str]
+
+    def new_config(self) -> Config:
+        return load_config(self.config, self.overrides)
+
+
+def _resume_config(run: Path, request: _Request) -> Config:
+    """The run's saved config, with only RESUMABLE_KEYS and --allow-change keys allowed to change."""
     saved = load_run_config(run)
-    if config is None and not overrides:
+    if request.config is None and not request.overrides:
         return saved
-    base = to_dict(saved) if config is None else to_dict(load_config(config))
-    wanted = from_dict(merge(base, parse_overrides(overrides)))
+    base = to_dict(saved) if request.config is None else to_dict(load_config(request.config))
+    wanted = from_dict(merge(base, parse_overrides(request.overrides)))
     diff = config_diff(to_dict(saved), to_dict(wanted))
-    blocked = [d for d in diff if d[0] not in RESUMABLE_KEYS]
+    blocked = [d for d in diff if d[0] not in RESUMABLE_KEYS | request.allowed]
     if blocked:
         key, old, new = blocked[0]
         raise ConfigError(
             f"--resume with a changed config: {key} was {old!r}, now {new!r}; "
-            f"only {', '.join(sorted(RESUMABLE_KEYS))} may change (start a new run instead)"
+            f"only {', '.join(sorted(RESUMABLE_KEYS))} may change (start a new run instead, "
+            f"or pass --allow-change {key} to continue with the new value, inexactly)"
         )
     return wanted
 
 
-def _open_run(
-    config: Path | None, overrides: list[str], resume: str | None, claim: RunClaim
-) -> tuple[Config, Path | None, dict[str, Any] | None]:
+def _open_run(request: _Request, claim: RunClaim) -> tuple[Config, Path | None, dict[str, Any] | None]:
     """(config, run folder to continue or None for a new run, checkpoint to resume from)."""
+    resume = request.resume
     if resume == "auto":
-        found = find_resumable(load_config(config, overrides))
+        found = find_resumable(request.new_config(), request.allowed)
         if found is None:
-            return load_config(config, overrides), None, None
+            return request.new_config(), None, None
         err.print(f"--resume auto: continuing {found}", highlight=False)
         resume = str(found)
     if resume is None:
-        return load_config(config, overrides), None, None
+        return request.new_config(), None, None
     run = resolve_run(resume)
-    cfg = _resume_config(run, config, overrides)
+    cfg = _resume_config(run, request)
     claim.acquire(run)
     discard_partial_writes(run)
     state, note = load_resume_checkpoint(run)
@@ -216,11 +230,11 @@ def _open_run(
 
 
 def _prepare_main(
-    config: Path | None, overrides: list[str], resume: str | None, claim: RunClaim
+    request: _Request, claim: RunClaim
 ) -> tuple[Config, Path, dict[str, Any] | None, FewShotData]:
     """Rank 0 (or the only process): the config, a claimed run folder, the checkpoint, the data.
     The data are checked before a new folder is made, so a bad dataset leaves no folder."""
-    cfg, run, state = _open_run(config, overrides, resume, claim)
+    cfg, run, state = _open_run(request, claim)
     _setup_threads(cfg)
     device = engine.resolve_device(cfg.train.device)
     data = _load_data(cfg, run)
@@ -233,13 +247,13 @@ def _prepare_main(
 
 
 def _prepare(
-    group: distributed.Solo, config: Path | None, overrides: list[str], resume: str | None, claim: RunClaim
+    group: distributed.Solo, request: _Request, claim: RunClaim
 ) -> tuple[Config, Path, dict[str, Any] | None, FewShotData]:
     """`_prepare_main` on rank 0, whose outcome (run folder, config, or its error) the other
     processes receive; they load the data and the same checkpoint themselves."""
     if group.is_main:
         try:
-            cfg, run, state, data = _prepare_main(config, overrides, resume, claim)
+            cfg, run, state, data = _prepare_main(request, claim)
         except MetafewError as exc:
             distributed.send_plan(group, {"error": exc.exit_code})
             raise
@@ -277,12 +291,21 @@ def train(
             help="on SIGTERM/SIGUSR1 in a SLURM job: checkpoint, then `scontrol requeue` it",
         ),
     ] = False,
+    allow_change: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-change",
+            metavar="KEY",
+            help="with --resume: let this config key change too (the continuation is then not exact)",
+        ),
+    ] = None,
 ) -> None:
     """Meta-train M_meta into a new run folder under train.runs_dir, or continue one (--resume)."""
     group = distributed.join()
     say = console.print if group.is_main else _silent
     with user_errors("" if group.is_main else f"rank {group.rank}: "), group, RunClaim() as claim:
-        cfg, run, state, data = _prepare(group, config, overrides or [], resume, claim)
+        request = _Request(config, overrides or [], resume, frozenset(allow_change or []))
+        cfg, run, state, data = _prepare(group, request, claim)
         say(f"run folder: {run}", highlight=False)
         bar, report = _progress_reporter(cfg.train.iterations, state["iteration"] if state else 0)
         started, stop = time.perf_counter(), _StopFlag()

@@ -384,9 +384,10 @@ def _unfinished(run: Path, iterations: int) -> bool:
     return state is None or int(state["iteration"]) < iterations
 
 
-def find_resumable(cfg: Config) -> Path | None:
+def find_resumable(cfg: Config, allowed: frozenset[str] = frozenset()) -> Path | None:
     """For `--resume auto`: the newest run under train.runs_dir with the same config (name
-    included; RESUMABLE_KEYS may differ) that is unfinished and not being trained elsewhere."""
+    included; RESUMABLE_KEYS and `allowed` may differ) that is unfinished and not being trained
+    elsewhere."""
     runs_dir = Path(cfg.train.runs_dir)
     if not runs_dir.is_dir():
         return None
@@ -397,7 +398,7 @@ def find_resumable(cfg: Config) -> Path | None:
             saved = to_dict(load_run_config(run))
         except RunError:
             continue
-        if any(key not in RESUMABLE_KEYS for key, _, _ in config_diff(saved, wanted)):
+        if any(key not in RESUMABLE_KEYS | allowed for key, _, _ in config_diff(saved, wanted)):
             continue
         if _unfinished(run, cfg.train.iterations) and not _claimed_elsewhere(run):
             return run
