@@ -125,8 +125,14 @@ def environment(device: str) -> dict[str, Any]:
 
 
 def _reason(exc: BaseException) -> str:
-    """The first line of an OS or torch error: 'No space left on device', ..."""
-    text = getattr(exc, "strerror", None) or str(exc).strip()
+    """The first line of an OS or torch error: 'No space left on device', ... torch.save reports
+    a failed write as a cryptic RuntimeError whose context is the OSError, so that is preferred."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror
+        cause = cause.__cause__ or cause.__context__
+    text = str(exc).strip()
     return text.splitlines()[0][:200] if text else type(exc).__name__
 
 

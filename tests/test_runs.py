@@ -351,6 +351,20 @@ def test_failed_write_keeps_both_checkpoints(tmp_path: Path, monkeypatch: pytest
     assert [load_checkpoint(tmp_path / n)["iteration"] for n in ("last.pt", "last.prev.pt")] == [2, 1]
 
 
+def test_a_full_disk_under_torch_save_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def save(*args: object, **kwargs: object) -> None:
+        try:  # what torch.save does when the file's write fails
+            raise OSError(28, "No space left on device")
+        except OSError:
+            raise RuntimeError(
+                "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"
+            ) from None
+
+    monkeypatch.setattr(runs.torch, "save", save)
+    with pytest.raises(RunError, match="No space left on device; free disk space"):
+        save_checkpoint(tmp_path / "last.pt", {"iteration": 1})
+
+
 def test_disk_errors_of_small_files_are_run_errors(tmp_path: Path) -> None:
     missing = tmp_path / "gone"
     with pytest.raises(RunError, match="cannot write") as info:
