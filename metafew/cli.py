@@ -230,11 +230,12 @@ def _open_run(request: _Request, claim: RunClaim) -> tuple[Config, Path | None, 
 
 
 def _prepare_main(
-    request: _Request, claim: RunClaim
+    request: _Request, claim: RunClaim, processes: int
 ) -> tuple[Config, Path, dict[str, Any] | None, FewShotData]:
     """Rank 0 (or the only process): the config, a claimed run folder, the checkpoint, the data.
-    The data are checked before a new folder is made, so a bad dataset leaves no folder."""
+    Config and data are checked before a new folder is made, so a refused run leaves no folder."""
     cfg, run, state = _open_run(request, claim)
+    distributed.check_meta_batch(cfg.train.meta_batch_size, processes)
     _setup_threads(cfg)
     device = engine.resolve_device(cfg.train.device)
     data = _load_data(cfg, run)
@@ -253,7 +254,7 @@ def _prepare(
     processes receive; they load the data and the same checkpoint themselves."""
     if group.is_main:
         try:
-            cfg, run, state, data = _prepare_main(request, claim)
+            cfg, run, state, data = _prepare_main(request, claim, group.world_size)
         except MetafewError as exc:
             distributed.send_plan(group, {"error": exc.exit_code})
             raise

@@ -83,11 +83,7 @@ class ProcessGroup(Solo):
         return local
 
     def share(self, first: int, count: int) -> range:
-        if count < self.world_size:
-            raise ConfigError(
-                f"train.meta_batch_size = {count} is smaller than the {self.world_size} processes; "
-                f"use at least {self.world_size} tasks per meta-batch or fewer processes"
-            )
+        check_meta_batch(count, self.world_size)
         return range(
             first + self.rank * count // self.world_size, first + (self.rank + 1) * count // self.world_size
         )
@@ -131,6 +127,15 @@ class ProcessGroup(Solo):
         if kind is None:  # leave together: a process tearing down early can abort its peer
             dist.barrier()
         dist.destroy_process_group()
+
+
+def check_meta_batch(tasks: int, processes: int) -> None:
+    """ConfigError unless every process gets at least one task of each meta-batch."""
+    if tasks < processes:
+        raise ConfigError(
+            f"train.meta_batch_size = {tasks} is smaller than the {processes} processes; "
+            f"use at least {processes} tasks per meta-batch or fewer processes"
+        )
 
 
 def join() -> Solo:
