@@ -489,8 +489,22 @@ def from_dict(raw: dict[str, Any]) -> Config:
     return cfg
 
 
+def downsampled_size(image_size: int, layers: int, pool: str) -> int:
+    """Side of the feature map after `layers` halving blocks (max-pool floors, stride-2 ceils)."""
+    size = image_size
+    for _ in range(layers):
+        size = (size + 1) // 2 if pool == "stride" else size // 2
+    return size
+
+
 def _check_consistency(cfg: Config) -> None:
-    if cfg.data.dataset in ("folder", "omniglot") and not cfg.data.root:
+    if downsampled_size(cfg.data.image_size, cfg.model.layers, cfg.model.pool) < 1:
+        raise ConfigError(
+            f"model.layers = {cfg.model.layers}: data.image_size = {cfg.data.image_size} is too small "
+            "for that many downsampling blocks; use fewer layers or larger images"
+        )
+    needs_root = ("folder", "omniglot", "mini-imagenet", "cifar-fs", "fc100")
+    if cfg.data.dataset in needs_root and not cfg.data.root:
         raise ConfigError(
             f"data.root is required when data.dataset = {cfg.data.dataset}, e.g. data.root=my_data"
         )
