@@ -7,10 +7,13 @@ User errors (metafew.errors) become one line on stderr and the documented exit c
 from __future__ import annotations
 
 import csv
+import json
 import signal
 import time
+from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -28,7 +31,7 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from metafew import engine
+from metafew import distributed, engine
 from metafew.compare import compare
 from metafew.config import (
     Config,
@@ -38,20 +41,46 @@ from metafew.config import (
     load_config,
     merge,
     parse_overrides,
+    parse_yaml,
     to_dict,
 )
-from metafew.data import UnlabeledImages, load_class_folders, load_data, load_unlabeled
-from metafew.errors import EXIT_CODES, ConfigError, MetafewError, RunError
+from metafew.data import (
+    DATASETS,
+    FewShotData,
+    Splits,
+    UnlabeledImages,
+    load_class_folders,
+    load_data,
+    load_unlabeled,
+)
+from metafew.data.cache import cache_root
+from metafew.data.check import check_pictures
+from metafew.errors import (
+    EXIT_CODES,
+    ConfigError,
+    DataError,
+    DivergedError,
+    Interrupted,
+    MetafewError,
+    RunError,
+)
 from metafew.runs import (
+    RESUMABLE_KEYS,
+    RunClaim,
+    config_diff,
     create_run,
+    discard_partial_writes,
+    find_resumable,
     list_runs,
     load_checkpoint,
+    load_resume_checkpoint,
     load_run_config,
     new_file,
     new_folder,
     resolve_run,
     save_checkpoint,
     write_json,
+    write_text_atomic,
 )
 from metafew.tasks import EpisodeSampler
 
@@ -67,39 +96,44 @@ err = Console(stderr=True, soft_wrap=True)
 Overrides = Annotated[
     list[str] | None, typer.Argument(help="dotted overrides, e.g. task.shots=1 train.outer_lr=1e-3")
 ]
-RESUMABLE_KEYS = {
-    "train.iterations",
-    "train.device",
-    "train.threads",
-    "train.log_every",
-    "train.checkpoint_every",
-}
 
 
 @contextmanager
-def user_errors() -> Iterator[None]:
-    """Turn a MetafewError into one line on stderr and its exit code."""
+def user_errors(prefix: str = "") -> Iterator[None]:
+    """Turn a MetafewError into one line on stderr and its exit code (an error without a message
+    was reported by another process: exit code only)."""
     try:
         yield
     except MetafewError as exc:
-        err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False)
+        if str(exc):
+            err.print(f"[bold red]{prefix}error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(exc.exit_code) from None
 
 
+class _ReportedByRankZero(MetafewError):
+    """Rank 0 stopped (an error before training, a signal, divergence) and printed why; the other
+    processes exit with the same code and say nothing."""
+
+    def __init__(self, code: int) -> None:
+        super().__init__("")
+        self.exit_code = code
+
+
 class _StopFlag:
-    """Set by SIGINT/SIGTERM/SIGUSR1 so that training stops after the current step."""
+    """Set by SIGINT/SIGTERM/SIGUSR1 so that training stops after the current step; remembers
+    which signal (only SIGTERM/SIGUSR1, a cluster's preemption notice, may requeue the job)."""
 
     def __init__(self) -> None:
-        self.raised = False
+        self.signal: int | None = None
         for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
             if hasattr(signal, name):
                 signal.signal(getattr(signal, name), self._set)
 
     def _set(self, signum: int, frame: Any) -> None:
-        self.raised = True
+        self.signal = signum
 
     def __call__(self) -> bool:
-        return self.raised
+        return self.signal is not None
 
 
 def _progress_reporter(total: int, start: int) -> tuple[Progress | None, engine.Progress]:
@@ -141,32 +175,103 @@ def _setup_threads(cfg: Config) -> None:
         torch.set_num_threads(cfg.train.threads)
 
 
-def _resume_config(run: Path, config: Path | None, overrides: list[str]) -> Config:
-    """The run's saved config, with only RESUMABLE_KEYS allowed to change."""
+@dataclass(frozen=True)
+class _Request:
+    """What `metafew train` was asked for: config file, overrides, --resume, --allow-change."""
+
+    config: Path | None
+    overrides: list[str]
+    resume: str | None
+    allowed: frozenset[str]
+
+    def new_config(self) -> Config:
+        return load_config(self.config, self.overrides)
+
+
+def _resume_config(run: Path, request: _Request) -> Config:
+    """The run's saved config, with only RESUMABLE_KEYS and --allow-change keys allowed to change."""
     saved = load_run_config(run)
-    if config is None and not overrides:
+    if request.config is None and not request.overrides:
         return saved
-    base = to_dict(saved) if config is None else to_dict(load_config(config))
-    wanted = from_dict(merge(base, parse_overrides(overrides)))
-    diff = _diff(to_dict(saved), to_dict(wanted))
-    blocked = [d for d in diff if d[0] not in RESUMABLE_KEYS]
+    base = to_dict(saved) if request.config is None else to_dict(load_config(request.config))
+    wanted = from_dict(merge(base, parse_overrides(request.overrides)))
+    diff = config_diff(to_dict(saved), to_dict(wanted))
+    blocked = [d for d in diff if d[0] not in RESUMABLE_KEYS | request.allowed]
     if blocked:
         key, old, new = blocked[0]
         raise ConfigError(
             f"--resume with a changed config: {key} was {old!r}, now {new!r}; "
-            f"only {', '.join(sorted(RESUMABLE_KEYS))} may change (start a new run instead)"
+            f"only {', '.join(sorted(RESUMABLE_KEYS))} may change (start a new run instead, "
+            f"or pass --allow-change {key} to continue with the new value, inexactly)"
         )
     return wanted
 
 
-def _diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
-    out = []
-    for key in a:
-        if isinstance(a[key], dict):
-            out.extend(_diff(a[key], b[key], f"{prefix}{key}."))
-        elif a[key] != b[key]:
-            out.append((prefix + key, a[key], b[key]))
-    return out
+def _open_run(request: _Request, claim: RunClaim) -> tuple[Config, Path | None, dict[str, Any] | None]:
+    """(config, run folder to continue or None for a new run, checkpoint to resume from)."""
+    resume = request.resume
+    if resume == "auto":
+        found = find_resumable(request.new_config(), request.allowed)
+        if found is None:
+            return request.new_config(), None, None
+        err.print(f"--resume auto: continuing {found}", highlight=False)
+        resume = str(found)
+    if resume is None:
+        return request.new_config(), None, None
+    run = resolve_run(resume)
+    cfg = _resume_config(run, request)
+    claim.acquire(run)
+    discard_partial_writes(run)
+    state, note = load_resume_checkpoint(run)
+    if note:
+        err.print(f"[yellow]warning:[/] {escape(note)}", highlight=False)
+    write_text_atomic(run / "config.yaml", dump_yaml(cfg))
+    return cfg, run, state
+
+
+def _prepare_main(
+    request: _Request, claim: RunClaim, processes: int
+) -> tuple[Config, Path, dict[str, Any] | None, FewShotData]:
+    """Rank 0 (or the only process): the config, a claimed run folder, the checkpoint, the data.
+    Config and data are checked before a new folder is made, so a refused run leaves no folder."""
+    cfg, run, state = _open_run(request, claim)
+    distributed.check_meta_batch(cfg.train.meta_batch_size, processes)
+    _setup_threads(cfg)
+    device = engine.resolve_device(cfg.train.device)
+    data = _load_data(cfg, run)
+    engine.training_samplers(cfg, data)
+    if run is None:
+        run = create_run(cfg, str(device), claim)
+    if not (run / "data.json").is_file():
+        write_json(run / "data.json", data.provenance)
+    return cfg, run, state, data
+
+
+def _prepare(
+    group: distributed.Solo, request: _Request, claim: RunClaim
+) -> tuple[Config, Path, dict[str, Any] | None, FewShotData]:
+    """`_prepare_main` on rank 0, whose outcome (run folder, config, or its error) the other
+    processes receive; they load the data and the same checkpoint themselves."""
+    if group.is_main:
+        try:
+            cfg, run, state, data = _prepare_main(request, claim, group.world_size)
+        except MetafewError as exc:
+            distributed.send_plan(group, {"error": exc.exit_code})
+            raise
+        iteration = -1 if state is None else int(state["iteration"])
+        distributed.send_plan(group, {"run": str(run), "config": dump_yaml(cfg), "iteration": iteration})
+        return cfg, run, state, data
+    plan = distributed.send_plan(group, {})
+    if "error" in plan:
+        raise _ReportedByRankZero(int(plan["error"]))
+    cfg, run = from_dict(parse_yaml(plan["config"], "rank 0's config")), Path(plan["run"])
+    _setup_threads(cfg)
+    state = load_resume_checkpoint(run)[0] if plan["iteration"] >= 0 else None
+    if plan["iteration"] != (-1 if state is None else state["iteration"]):
+        raise RunError(
+            f"rank {group.rank} does not see rank 0's checkpoint in {str(run)!r}: use a shared folder"
+        )
+    return cfg, run, state, load_data(cfg.data, _recorded_split(run))  # the split rank 0 recorded
 
 
 @app.command()
@@ -174,44 +279,61 @@ def train(
     config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML experiment config")] = None,
     overrides: Overrides = None,
     resume: Annotated[
-        Path | None, typer.Option(help="continue this run folder exactly where it stopped")
+        str | None,
+        typer.Option(
+            help="continue this run folder exactly where it stopped; `auto`: the newest unfinished "
+            "run with the same config under train.runs_dir, or a new run if there is none"
+        ),
+    ] = None,
+    requeue: Annotated[
+        bool,
+        typer.Option(
+            "--requeue/--no-requeue",
+            help="on SIGTERM/SIGUSR1 in a SLURM job: checkpoint, then `scontrol requeue` it",
+        ),
+    ] = False,
+    allow_change: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-change",
+            metavar="KEY",
+            help="with --resume: let this config key change too (the continuation is then not exact)",
+        ),
     ] = None,
 ) -> None:
-    """Meta-train M_meta; writes a new run folder under train.runs_dir."""
-    with user_errors():
-        if resume is not None:
-            run = resolve_run(resume)
-            cfg = _resume_config(run, config, overrides or [])
-            state = load_checkpoint(run / "checkpoints" / "last.pt")
-            (run / "config.yaml").write_text(dump_yaml(cfg), encoding="utf-8")
-        else:
-            cfg = load_config(config, overrides or [])
-            state = None
-        _setup_threads(cfg)
-        device = engine.resolve_device(cfg.train.device)
-        data = load_data(cfg.data)
-        engine.training_samplers(cfg, data)  # refuse unusable data before creating a folder
-        if resume is None:
-            run = create_run(cfg, str(device))
-        console.print(f"run folder: {run}", highlight=False)
+    """Meta-train M_meta into a new run folder under train.runs_dir, or continue one (--resume)."""
+    group = distributed.join()
+    say = console.print if group.is_main else _silent
+    with user_errors("" if group.is_main else f"rank {group.rank}: "), group, RunClaim() as claim:
+        request = _Request(config, overrides or [], resume, frozenset(allow_change or []))
+        cfg, run, state, data = _prepare(group, request, claim)
+        say(f"run folder: {run}", highlight=False)
         bar, report = _progress_reporter(cfg.train.iterations, state["iteration"] if state else 0)
-        started = time.perf_counter()
-        if bar is not None:
-            with bar:
-                result = engine.train(cfg, data, run, state, report, _StopFlag())
-        else:
-            result = engine.train(cfg, data, run, state, report, _StopFlag())
+        started, stop = time.perf_counter(), _StopFlag()
+        try:
+            with bar if bar is not None and group.is_main else nullcontext():
+                result = engine.train(cfg, data, run, state, report if group.is_main else None, stop, group)
+        except (Interrupted, DivergedError) as exc:
+            if not group.is_main:  # every process stops at the same step; rank 0 says why
+                raise _ReportedByRankZero(exc.exit_code) from None
+            if isinstance(exc, Interrupted) and requeue and stop.signal != signal.SIGINT:
+                raise Interrupted(f"{exc}; {distributed.requeue_slurm_job()}") from None
+            raise
         best = (
             "n/a"
             if result.best_accuracy is None
             else f"{100 * result.best_accuracy:.2f}% at {result.best_iteration}"
         )
-        console.print(
+        say(
             f"done: {result.iteration} iterations in {time.perf_counter() - started:.0f}s; "
             f"best validation {best}",
             highlight=False,
         )
-        console.print(f"next: metafew finetune {run}", highlight=False)
+        say(f"next: metafew finetune {run}", highlight=False)
+
+
+def _silent(*args: Any, **kwargs: Any) -> None:
+    """console.print for processes other than rank 0: they stay quiet."""
 
 
 def _meta_learner(run: Path, cfg: Config, checkpoint: str) -> tuple[engine.Learner, dict[str, Any]]:
@@ -252,7 +374,7 @@ def finetune(
         novel = (
             load_class_folders(labeled, cfg.data.image_size, cfg.data.channels)
             if labeled
-            else load_data(cfg.data).novel
+            else _load_data(cfg, run).novel
         )
         learner, state = _meta_learner(run, cfg, _checkpoint_name(checkpoint))
         model = engine.finetune(cfg, learner, novel)
@@ -301,7 +423,7 @@ def predict(
         if state.get("kind") != "finetuned":
             raise RunError(f"{str(model_dir)!r} holds no fine-tuned model; run `metafew finetune` first")
         cfg = from_dict(state["config"])
-        pictures, failed = _unlabeled_pictures(cfg, folder)
+        pictures, failed = _unlabeled_pictures(cfg, folder, model_dir.parent.parent)
         learner = engine.build_learner(
             cfg, engine.resolve_device(cfg.train.device), int(state["train_classes"])
         )
@@ -329,13 +451,19 @@ def predict(
         )
 
 
-def _unlabeled_pictures(cfg: Config, folder: Path | None) -> tuple[UnlabeledImages, list[tuple[str, str]]]:
+def _unlabeled_pictures(
+    cfg: Config, folder: Path | None, run: Path
+) -> tuple[UnlabeledImages, list[tuple[str, str]]]:
     """The pictures to label: a folder (unreadable files listed, not fatal) or the dataset's own."""
-    if folder is None and cfg.data.dataset == "folder":
-        folder = Path(cfg.data.root or ".") / "novel" / "unlabeled"
+    if (
+        folder is None
+        and cfg.data.dataset == "folder"
+        and (Path(cfg.data.root or ".") / "meta_train").is_dir()
+    ):
+        folder = Path(cfg.data.root or ".") / "novel" / "unlabeled"  # read with per-file errors
     if folder is not None:
         return load_unlabeled(folder, cfg.data.image_size, cfg.data.channels)
-    pictures = load_data(cfg.data).unlabeled
+    pictures = _load_data(cfg, run).unlabeled
     if pictures is None:
         raise ConfigError(
             "this dataset has no unlabeled pictures: give a folder, "
@@ -366,7 +494,7 @@ def evaluate(
         cfg = _run_config(run, overrides or [], ("eval", "train"))
         _setup_threads(cfg)
         which = _checkpoint_name(checkpoint or cfg.eval.checkpoint)
-        novel = load_data(cfg.data).novel
+        novel = _load_data(cfg, run).novel
         queries = engine.test_queries(cfg, novel)
         sampler = EpisodeSampler(novel, cfg.task.ways, cfg.task.shots, queries, cfg.eval.seed, "novel")
         learner, state = _meta_learner(run, cfg, which)
@@ -479,6 +607,117 @@ def exit_codes() -> None:
     """The exit codes metafew uses."""
     for code, meaning in EXIT_CODES.items():
         console.print(f"{code:>3}  {meaning}", highlight=False)
+
+
+class _DownloadBar:
+    """Progress callback for dataset downloads: a bar on stderr, shown once bytes arrive."""
+
+    def __init__(self) -> None:
+        self.bar: Progress | None = None
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, name: str, done: int, total: int | None) -> None:
+        if self.bar is None:
+            self.bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[mb]}"), console=err
+            )
+            self.bar.start()
+        if name not in self.tasks:
+            self.tasks[name] = self.bar.add_task(f"downloading {name}", total=total, mb="")
+        self.bar.update(self.tasks[name], completed=done, mb=f"{done / 2**20:.1f} MB")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def _recorded_split(run: Path | None) -> Splits | None:
+    """The class lists a run was trained with (its data.json), if it recorded them."""
+    path = None if run is None else run / "data.json"
+    if path is None or not path.is_file():
+        return None
+    try:
+        classes = json.loads(path.read_text(encoding="utf-8"))["classes"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RunError(f"{str(path)!r} is unreadable ({exc}); restore it from a backup") from None
+    return {split: list(names) for split, names in classes.items()}
+
+
+def _load_data(cfg: Config, run: Path | None = None) -> FewShotData:
+    """The configured dataset (downloads shown as a bar); the run's recorded split when `run`."""
+    bar = _DownloadBar()
+    try:
+        return load_data(cfg.data, _recorded_split(run), bar)
+    finally:
+        bar.close()
+
+
+data_app = typer.Typer(help="List, download and check datasets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("list")
+def data_list() -> None:
+    """The datasets metafew reads, where their files come from, and which it can download."""
+    table = Table("data.dataset", "what", "files", "download")
+    for name, dataset in DATASETS.items():
+        table.add_row(name, dataset.summary, dataset.files, "yes" if dataset.remotes else "no")
+    console.print(table)
+    console.print(f"decoded-tensor cache: {cache_root()} (METAFEW_CACHE moves it)", highlight=False)
+
+
+@data_app.command("prepare")
+def data_prepare(
+    name: Annotated[str, typer.Argument(help="dataset name (metafew data list)")],
+    root: Annotated[Path | None, typer.Option(help="folder for the dataset's files (data.root)")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML experiment config")] = None,
+    overrides: Overrides = None,
+) -> None:
+    """Download (when needed) and check a dataset's files, decode them and fill the cache."""
+    with user_errors():
+        extra = [f"data.dataset={name}", "data.download=true", *([f"data.root={root}"] if root else [])]
+        cfg = load_config(config, [*(overrides or []), *extra])
+        started = time.perf_counter()
+        data = _load_data(cfg)
+        seconds = time.perf_counter() - started
+        splits = {"meta_train": data.meta_train, "meta_val": data.meta_val, "novel": data.novel}
+        for split, images in splits.items():
+            if images is not None:
+                console.print(
+                    f"{split}: {len(images.classes)} classes, {len(images.labels)} pictures "
+                    f"{tuple(images.images.shape[1:])}",
+                    highlight=False,
+                )
+        if data.unlabeled is not None:
+            console.print(f"unlabeled: {len(data.unlabeled.names)} pictures", highlight=False)
+        console.print(f"ready in {seconds:.2f}s (cache: {cache_root()})", highlight=False)
+
+
+@data_app.command("check")
+def data_check(
+    path: Annotated[Path, typer.Argument(help="folder of pictures (any depth) or a .zip")],
+    min_side: Annotated[int, typer.Option(help="pictures with a shorter side are reported tiny")] = 8,
+) -> None:
+    """Open every picture fully; report corrupt, truncated, tiny, huge and unreadable files and
+    the pictures per class. Exit code 0 when all are fine, 3 when any is not."""
+    with user_errors():
+        report = check_pictures(path, min_side)
+        table = Table("class (folder)", "pictures")
+        for group, count in sorted(report.counts.items()):
+            table.add_row(escape(group or "."), str(count))
+        console.print(table)
+        for problem in report.problems:
+            err.print(
+                f"[red]{problem.kind}[/] {escape(problem.where)}: {escape(problem.detail)}", highlight=False
+            )
+        total = sum(report.counts.values()) + len(report.problems)
+        console.print(
+            f"{total} pictures, {len(report.problems)} with problems, {report.skipped} other files skipped",
+            highlight=False,
+        )
+        if report.problems:
+            kinds = ", ".join(f"{k} {n}" for k, n in sorted(Counter(p.kind for p in report.problems).items()))
+            raise DataError(f"{len(report.problems)} of {total} pictures cannot be used ({kinds}); see above")
 
 
 def main() -> None:

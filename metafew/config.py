@@ -64,21 +64,33 @@ def comma_list(text: str) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()]
 
 
+OMNIGLOT_SPLITS = ("vinyals", "lake", "small1", "small2", "alphabets")
+"""Named Omniglot splits; see metafew/data/omniglot.py."""
+
+
 @dataclass
 class OmniglotConfig:
     """Omniglot (Lake et al. 2015) read from the official zips or their folders in data.root."""
 
+    split: str = param(
+        "vinyals",
+        "vinyals: 1200/423 characters of all 50 alphabets; lake: background/evaluation; "
+        "small1, small2: a minimal background set/evaluation; alphabets: sources + test_alphabets",
+        choices=OMNIGLOT_SPLITS,
+    )
     sources: str = param(
-        "small1+small2", "'+'-joined parts to use: small1, small2, background, evaluation (zip or folder)"
+        "small1+small2", "split alphabets: '+'-joined parts: small1, small2, background, evaluation"
     )
     test_alphabets: str = param(
-        "Japanese_(katakana),Sanskrit,Tagalog", "comma-separated alphabets held out as the novel classes"
+        "Japanese_(katakana),Sanskrit,Tagalog", "split alphabets: comma-separated novel alphabets"
     )
-    val_alphabets: str = param("", "comma-separated alphabets held out for validation ('' = none)")
+    val_alphabets: str = param(
+        "", "comma-separated meta-train alphabets held out for validation ('' = none; not vinyals)"
+    )
+    val_characters: int = param(
+        0, "split vinyals: characters of the 1200 held out for validation (e.g. 172)", ge=0, le=1100
+    )
     rotations: bool = param(True, "add 90/180/270° rotated meta-train characters as extra classes")
-    novel_labeled: int = param(
-        20, "labeled drawers per novel character; the other drawers become unlabeled pictures", ge=1, le=20
-    )
 
     def __post_init__(self) -> None:
         # name syntax and overlaps are checked here, at load time; whether the alphabets exist
@@ -101,18 +113,80 @@ class OmniglotConfig:
             )
 
 
+FASHION_MNIST_CLASSES = (
+    "tshirt_top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle_boot",
+)
+"""Fashion-MNIST's ten classes, in label order (Xiao, Rasul & Vollgraf 2017)."""
+
+
+@dataclass
+class FashionMNISTConfig:
+    """Which Fashion-MNIST classes meta-train, validate and test (any disjoint choice)."""
+
+    train_classes: str = param("tshirt_top,trouser,pullover,dress,coat", "comma-separated meta-train classes")
+    val_classes: str = param("", "comma-separated validation classes ('' = none)")
+    test_classes: str = param("sandal,shirt,sneaker,bag,ankle_boot", "comma-separated novel classes")
+
+    def __post_init__(self) -> None:
+        groups = {
+            key: comma_list(getattr(self, key)) for key in ("train_classes", "val_classes", "test_classes")
+        }
+        for key, names in groups.items():
+            unknown = [n for n in names if n not in FASHION_MNIST_CLASSES]
+            if unknown:
+                raise ConfigError(
+                    f"data.fashion_mnist.{key}: unknown class(es) {', '.join(map(repr, unknown))}; "
+                    f"valid: {', '.join(FASHION_MNIST_CLASSES)}"
+                )
+        seen = [n for names in groups.values() for n in names]
+        twice = sorted({n for n in seen if seen.count(n) > 1})
+        if twice:
+            raise ConfigError(f"data.fashion_mnist: classes in more than one split: {', '.join(twice)}")
+        if not groups["train_classes"] or not groups["test_classes"]:
+            raise ConfigError("data.fashion_mnist: train_classes and test_classes must not be empty")
+
+
+@dataclass
+class FolderConfig:
+    """A folder of class folders without meta_train/: the automatic class-disjoint split."""
+
+    val_fraction: float = param(0.15, "share of the classes held out for validation", ge=0, le=0.5)
+    test_fraction: float = param(0.25, "share of the classes that become the novel classes", gt=0, le=0.8)
+    split_seed: int = param(0, "seed of the class split (recorded in the run folder)", ge=0)
+
+
 @dataclass
 class DataConfig:
     """Where images come from and how they are decoded."""
 
     dataset: str = param(
-        "glyphs", "dataset name (see the README's Datasets section)", choices=("glyphs", "folder", "omniglot")
+        "glyphs",
+        "dataset name (metafew data list)",
+        choices=("glyphs", "folder", "omniglot", "mini-imagenet", "cifar-fs", "fc100", "fashion-mnist"),
     )
-    root: str | None = param(None, "folder: root holding meta_train/ and novel/; omniglot: the zips' folder")
+    root: str | None = param(None, "folder holding the dataset's files (metafew data list says which)")
+    download: bool = param(False, "download missing files from the official sources (checksum-verified)")
+    cache: bool = param(True, "keep decoded tensors in the cache so the next run starts in seconds")
     image_size: int = param(28, "images are resized to image_size x image_size pixels", ge=4)
     channels: int = param(1, "1 = grayscale, 3 = RGB", choices=None, ge=1, le=3)
+    novel_labeled: int = param(
+        0,
+        "labeled pictures per novel class (0: all); the rest become unlabeled pictures for predict",
+        ge=0,
+    )
     glyphs: GlyphsConfig = section(GlyphsConfig)
     omniglot: OmniglotConfig = section(OmniglotConfig)
+    fashion_mnist: FashionMNISTConfig = section(FashionMNISTConfig)
+    folder: FolderConfig = section(FolderConfig)
 
 
 @dataclass
@@ -423,8 +497,22 @@ def from_dict(raw: dict[str, Any]) -> Config:
     return cfg
 
 
+def downsampled_size(image_size: int, layers: int, pool: str) -> int:
+    """Side of the feature map after `layers` halving blocks (max-pool floors, stride-2 ceils)."""
+    size = image_size
+    for _ in range(layers):
+        size = (size + 1) // 2 if pool == "stride" else size // 2
+    return size
+
+
 def _check_consistency(cfg: Config) -> None:
-    if cfg.data.dataset in ("folder", "omniglot") and not cfg.data.root:
+    if downsampled_size(cfg.data.image_size, cfg.model.layers, cfg.model.pool) < 1:
+        raise ConfigError(
+            f"model.layers = {cfg.model.layers}: data.image_size = {cfg.data.image_size} is too small "
+            "for that many downsampling blocks; use fewer layers or larger images"
+        )
+    needs_root = ("folder", "omniglot", "mini-imagenet", "cifar-fs", "fc100")
+    if cfg.data.dataset in needs_root and not cfg.data.root:
         raise ConfigError(
             f"data.root is required when data.dataset = {cfg.data.dataset}, e.g. data.root=my_data"
         )

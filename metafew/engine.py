@@ -3,9 +3,11 @@ algorithms come from the registry and only produce gradients and adapted paramet
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import math
 import os
+import random
 import sys
 import time
 from collections.abc import Callable
@@ -21,6 +23,7 @@ from torch.func import vmap
 from metafew.algorithms import Algorithm, build_algorithm
 from metafew.config import Config, to_dict
 from metafew.data import FewShotData, LabeledImages, to_float
+from metafew.distributed import Solo
 from metafew.errors import ConfigError, DataError, DivergedError, Interrupted, RunError
 from metafew.functional import Forward, Params, make_forward
 from metafew.models import Conv4, NormStats, activation_elements, build_model
@@ -234,6 +237,37 @@ def training_samplers(cfg: Config, data: FewShotData) -> tuple[EpisodeSampler, E
     return sampler, EpisodeSampler(data.meta_val, t.ways, t.shots, t.queries, seed + 1, "meta_val")
 
 
+def rng_states() -> dict[str, Any]:
+    """Every global random stream (python, numpy, torch CPU and CUDA) as weights-only-loadable
+    values. Training draws nothing from them today (episodes and Reptile's mini-batches are
+    functions of (seed, iteration)), but a resumed run restores them so that nothing can drift."""
+    numpy_state = np.random.get_state(legacy=False)
+    return {
+        "python": random.getstate(),
+        "numpy": {
+            **numpy_state,
+            "state": {
+                **numpy_state["state"],
+                "key": torch.from_numpy(numpy_state["state"]["key"].astype(np.int64)),
+            },
+        },
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def restore_rng_states(saved: dict[str, Any]) -> None:
+    """The inverse of `rng_states`."""
+    version, internal, gauss = saved["python"]
+    random.setstate((version, tuple(internal), gauss))
+    numpy_state = saved["numpy"]
+    key = numpy_state["state"]["key"].numpy().astype(np.uint32)
+    np.random.set_state({**numpy_state, "state": {**numpy_state["state"], "key": key}})
+    torch.set_rng_state(saved["torch"])
+    if saved["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(saved["cuda"])
+
+
 def _checkpoint(
     run: Path,
     name: str,
@@ -242,6 +276,9 @@ def _checkpoint(
     state: TrainState,
     cfg: Config,
 ) -> None:
+    """Everything a bit-identical continuation needs. MAML++'s annealing (multi-step loss
+    weights, first-order warm-up) and the outer-lr schedule are functions of `iteration`, and the
+    episode streams of (seed, episode index), so these restore them all."""
     save_checkpoint(
         run / "checkpoints" / f"{name}.pt",
         {
@@ -252,10 +289,33 @@ def _checkpoint(
             "params": {k: v.detach().cpu() for k, v in learner.params.items()},
             "train_classes": learner.train_classes,
             "optimizer": opt.state_dict(),
-            "torch_rng": torch.get_rng_state(),
+            "schedule": {"lr_schedule": cfg.train.lr_schedule, "next_lr": outer_lr(cfg, state.iteration)},
+            "sampler": {
+                "seed": cfg.train.seed,
+                "next_episode": state.iteration * cfg.train.meta_batch_size,
+                "val_seed": cfg.train.seed + 1,
+            },
+            "rng": rng_states(),
             "config": to_dict(cfg),
         },
+        keep_previous=name == "last",
     )
+
+
+def _restore(learner: Learner, opt: torch.optim.Optimizer, cfg: Config, saved: dict[str, Any]) -> TrainState:
+    """Weights, optimizer and random streams from a checkpoint; where training stands."""
+    load_params(learner, saved["params"])
+    opt.load_state_dict(saved["optimizer"])
+    if "rng" in saved:
+        restore_rng_states(saved["rng"])
+    else:  # checkpoints written before the full RNG record held only torch's
+        torch.set_rng_state(saved["torch_rng"])
+    sampler = saved.get("sampler", {"seed": cfg.train.seed})
+    if sampler["seed"] != cfg.train.seed:
+        raise RunError(
+            f"checkpoint was written with train.seed = {sampler['seed']}, the config says {cfg.train.seed}"
+        )
+    return TrainState(saved["iteration"], saved["best_accuracy"], saved["best_iteration"])
 
 
 def _check_finite(iteration: int, loss: float, grads: Params) -> None:
@@ -285,28 +345,33 @@ def train(
     resume: dict[str, Any] | None = None,
     progress: Progress | None = None,
     stop_requested: Callable[[], bool] = lambda: False,
+    group: Solo | None = None,
 ) -> TrainState:
     """Meta-train `cfg.train.iterations` outer steps, writing metrics and checkpoints into `run`.
 
     With `resume` (a checkpoint dict) the run continues exactly where it stopped: the episode
-    streams are functions of (seed, index), and weights and Adam state are restored. When
-    `stop_requested()` turns true (a signal), the current step finishes, `last.pt` is written
-    and Interrupted is raised.
+    streams are functions of (seed, index), and weights, Adam state and random streams are
+    restored. When `stop_requested()` turns true (a signal), the current step finishes, `last.pt`
+    is written and Interrupted is raised. With a process `group` (torchrun) each process
+    computes its share of every meta-batch and only the main process writes into `run`.
     """
-    a = cfg.train
-    learner = build_learner(cfg, resolve_device(a.device), len(data.meta_train.classes))
+    a, group = cfg.train, group or Solo()
+    learner = build_learner(cfg, group.place(resolve_device(a.device)), len(data.meta_train.classes))
     opt = build_optimizer(cfg, learner.params)
     state = TrainState()
     if resume is not None:
-        load_params(learner, resume["params"])
-        opt.load_state_dict(resume["optimizer"])
-        torch.set_rng_state(resume["torch_rng"])
-        state = TrainState(resume["iteration"], resume["best_accuracy"], resume["best_iteration"])
+        state = _restore(learner, opt, cfg, resume)
+    if group.is_main:
         truncate_metrics(run, state.iteration)
     sampler, val_sampler = training_samplers(cfg, data)
     started, done_at_start = time.perf_counter(), state.iteration
+    saved_at = [state.iteration]
 
     def save_last() -> None:
+        # once per iteration: a second save would rotate the previous checkpoint away
+        if not group.is_main or saved_at[0] == state.iteration:
+            return
+        saved_at[0] = state.iteration
         _checkpoint(run, "last", learner, opt, state, cfg)
         if val_sampler is None:  # no validation classes: the best model is the last one
             _checkpoint(run, "best", learner, opt, state, cfg)
@@ -314,47 +379,71 @@ def train(
     try:
         while state.iteration < a.iterations:
             it = state.iteration
-            episodes = [e.to(learner.device) for e in sampler.batch(it, a.meta_batch_size)]
+            share = group.share(it * a.meta_batch_size, a.meta_batch_size)
+            episodes = [sampler.episode(i).to(learner.device) for i in share]
             step = learner.algorithm.meta_gradients(learner.params, episodes, it)
-            loss = float(step.losses.mean())
-            _check_finite(it, loss, step.grads)
+            grads, loss, accuracy = group.mean_over_tasks(step.grads, step.losses, step.accuracies)
+            _check_finite(it, loss, grads)
             for key, param in learner.params.items():
-                param.grad = step.grads.get(key)
-            for group in opt.param_groups:
-                group["lr"] = outer_lr(cfg, it)
+                param.grad = grads.get(key)
+            for param_group in opt.param_groups:
+                param_group["lr"] = outer_lr(cfg, it)
             opt.step()
             state.iteration = it + 1
             record = {
                 "iteration": state.iteration,
                 "loss": loss,
-                "accuracy": float(step.accuracies.mean()),
+                "accuracy": accuracy,
                 "lr": outer_lr(cfg, it),
             }
             elapsed = time.perf_counter() - started
             record["tasks_per_s"] = (state.iteration - done_at_start) * a.meta_batch_size / max(elapsed, 1e-9)
             last = state.iteration == a.iterations
-            if state.iteration % a.log_every == 0 or last:
-                append_metrics(run, record)
-            if val_sampler is not None and (state.iteration % a.val_every == 0 or last):
-                mean, ci = _validate(cfg, learner, val_sampler)
-                record |= {"val_accuracy": mean, "val_ci95": ci}
-                append_metrics(run, {"iteration": state.iteration, "val_accuracy": mean, "val_ci95": ci})
-                if state.best_accuracy is None or mean > state.best_accuracy:
-                    state.best_accuracy, state.best_iteration = mean, state.iteration
-                    _checkpoint(run, "best", learner, opt, state, cfg)
+            if group.is_main:
+                _log_and_validate(cfg, run, learner, opt, state, record, val_sampler)
             if state.iteration % a.checkpoint_every == 0 or last:
                 save_last()
             if progress is not None:
                 progress(state.iteration, a.iterations, record)
-            if stop_requested() and not last:
+            if group.any(stop_requested()) and not last:
                 save_last()
                 raise Interrupted(
                     f"stopped after iteration {state.iteration} (checkpointed); continue with "
                     f"`metafew train --resume {run}`"
                 )
     finally:
-        plot_learning_curve(read_metrics(run), run / "learning_curve.png")
+        if group.is_main:
+            _plot(run)
     return state
+
+
+def _log_and_validate(
+    cfg: Config,
+    run: Path,
+    learner: Learner,
+    opt: torch.optim.Optimizer,
+    state: TrainState,
+    record: dict[str, float],
+    val_sampler: EpisodeSampler | None,
+) -> None:
+    """Metrics line, validation and best.pt after an outer step (main process only); adds the
+    validation result to `record`."""
+    a, last = cfg.train, state.iteration == cfg.train.iterations
+    if state.iteration % a.log_every == 0 or last:
+        append_metrics(run, dict(record))
+    if val_sampler is not None and (state.iteration % a.val_every == 0 or last):
+        mean, ci = _validate(cfg, learner, val_sampler)
+        record |= {"val_accuracy": mean, "val_ci95": ci}
+        append_metrics(run, {"iteration": state.iteration, "val_accuracy": mean, "val_ci95": ci})
+        if state.best_accuracy is None or mean > state.best_accuracy:
+            state.best_accuracy, state.best_iteration = mean, state.iteration
+            _checkpoint(run, "best", learner, opt, state, cfg)
+
+
+def _plot(run: Path) -> None:
+    """The learning curve; a full disk must not hide the error that ended training."""
+    with contextlib.suppress(OSError):
+        plot_learning_curve(read_metrics(run), run / "learning_curve.png")
 
 
 # ---------------------------------------------------------------------------------------------

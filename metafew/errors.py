@@ -26,7 +26,8 @@ class DataError(MetafewError):
 
 
 class RunError(MetafewError):
-    """A run folder or checkpoint is missing, corrupt or unusable (exit code 4)."""
+    """A run folder or checkpoint is missing, corrupt, unsafe or claimed by another process, or
+    cannot be written (full disk, read-only folder) (exit code 4)."""
 
     exit_code = 4
 
@@ -38,17 +39,17 @@ class DivergedError(MetafewError):
 
 
 class Interrupted(MetafewError):
-    """Training was interrupted (Ctrl-C or SIGTERM) after saving a checkpoint (exit code 130)."""
+    """Training was interrupted (Ctrl-C, SIGTERM, SIGUSR1) after saving a checkpoint (exit code 130)."""
 
     exit_code = 130
 
 
 EXIT_CODES: dict[int, str] = {
     0: "success",
-    1: "internal error (a bug: please report it with the traceback from --debug)",
-    2: "invalid command line, config file, key or value",
-    3: "dataset problem: missing folder, too few images, unreadable pictures",
-    4: "run folder or checkpoint missing, corrupt or incompatible",
-    5: "training diverged (non-finite loss); checkpoints were left untouched",
-    130: "interrupted; the last completed iteration was checkpointed",
+    1: "internal error (a bug: please report it with the traceback)",
+    2: "invalid command line, config file, key or value (also a changed config on --resume)",
+    3: "dataset problem: missing folder, too few classes or images, unreadable or oversized pictures",
+    4: "run folder or checkpoint missing, corrupt, unsafe or busy; disk full or run folder not writable",
+    5: "training diverged (non-finite loss or gradient); checkpoints were left untouched",
+    130: "interrupted by SIGINT, SIGTERM or SIGUSR1; the last completed iteration was checkpointed",
 }

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
+import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -16,6 +19,10 @@ from metafew.config import Config, from_dict
 # 2-core CI machine slow each other down many times over. Subprocesses inherit the variable.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
+
+# Decoded datasets are cached under $METAFEW_CACHE: the tests use a fresh folder of their own,
+# never the user's cache. Tests of the cache itself point the variable at their tmp_path.
+os.environ["METAFEW_CACHE"] = tempfile.mkdtemp(prefix="metafew-test-cache-")
 
 TINY_OVERRIDES: dict = {
     "data": {
@@ -116,3 +123,32 @@ def fashion_seed() -> Path:
     if not (path / "meta_train").is_dir():
         pytest.skip(f"shared dataset not found at {path} (set METAFEW_SHARED_DATA); CI always has it")
     return path
+
+
+OMNIGLOT_MINIMAL = {"small1": "images_background_small1.zip", "small2": "images_background_small2.zip"}
+"""The two minimal Omniglot zips in the shared datasets, by part name."""
+
+
+@pytest.fixture
+def omniglot_root() -> Path:
+    """The shared folder holding the minimal Omniglot zips (skips where it is absent)."""
+    root = shared_datasets() / "omniglot"
+    if not all((root / name).is_file() for name in OMNIGLOT_MINIMAL.values()):
+        pytest.skip(f"Omniglot minimal zips not found in {root} (set METAFEW_SHARED_DATA); CI has them")
+    return root
+
+
+def count_builds(monkeypatch: pytest.MonkeyPatch, name: str) -> list[str]:
+    """Replace DATASETS[name].build with a wrapper that records each call (the decoding)."""
+    from metafew.data import DATASETS  # the registry as the tests see it
+
+    entry = DATASETS[name]
+    calls: list[str] = []
+    build = entry.build
+
+    def counting(cfg: Any, sources: list[Path], recorded: dict | None) -> Any:
+        calls.append(name)
+        return build(cfg, sources, recorded)
+
+    monkeypatch.setitem(DATASETS, name, dataclasses.replace(entry, build=counting))
+    return calls

@@ -310,8 +310,30 @@ def test_range_errors_name_field_value_and_bound(override: str, expected: str) -
 
 
 def test_bounds_themselves_are_accepted() -> None:
-    cfg = load_config(None, ["task.ways=2", "task.shots=1", "model.layers=8", "train.val_every=0"])
+    cfg = load_config(
+        None, ["task.ways=2", "task.shots=1", "model.layers=8", "model.pool=stride", "train.val_every=0"]
+    )
     assert (cfg.task.ways, cfg.task.shots, cfg.model.layers, cfg.train.val_every) == (2, 1, 8, 0)
+
+
+@pytest.mark.parametrize(
+    ("size", "layers", "pool", "ok"),
+    [
+        (16, 4, "max", True),
+        (15, 4, "max", False),
+        (8, 4, "max", False),
+        (8, 4, "stride", True),
+        (28, 5, "max", False),
+    ],
+)
+def test_image_too_small_for_the_depth_is_refused_at_load(
+    size: int, layers: int, pool: str, ok: bool
+) -> None:
+    args = [f"data.image_size={size}", f"model.layers={layers}", f"model.pool={pool}"]
+    if ok:
+        assert load_config(None, args).model.layers == layers
+    else:
+        assert f"data.image_size = {size} is too small" in config_error(args)
 
 
 def test_channels_two_is_rejected() -> None:

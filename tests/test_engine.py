@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from pathlib import Path
 
 import numpy as np
@@ -10,10 +11,10 @@ import pytest
 import torch
 
 from metafew import engine
-from metafew.config import Config
+from metafew.config import Config, to_dict
 from metafew.data import load_data, to_float
-from metafew.errors import ConfigError, DataError, DivergedError
-from metafew.runs import create_run, load_checkpoint, read_metrics
+from metafew.errors import ConfigError, DataError, DivergedError, RunError
+from metafew.runs import CHECKPOINT_FORMAT, create_run, load_checkpoint, read_metrics, save_checkpoint
 from metafew.tasks import EpisodeSampler
 
 
@@ -129,6 +130,55 @@ def test_stop_request_checkpoints_the_completed_iteration(tiny_cfg: Config) -> N
     with pytest.raises(Interrupted, match="after iteration 3"):
         engine.train(tiny_cfg, load_data(tiny_cfg.data), run, stop_requested=lambda: next(calls) >= 2)
     assert load_checkpoint(run / "checkpoints" / "last.pt")["iteration"] == 3
+
+
+def test_checkpoint_holds_everything_a_continuation_needs(tiny_cfg: Config) -> None:
+    run = create_run(tiny_cfg, "cpu")
+    engine.train(tiny_cfg, load_data(tiny_cfg.data), run)
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert state["format"] == CHECKPOINT_FORMAT and state["kind"] == "meta"
+    assert state["iteration"] == 4 and state["config"] == to_dict(tiny_cfg)
+    assert state["sampler"] == {"seed": 0, "next_episode": 8, "val_seed": 1}  # 4 iterations x 2 tasks
+    assert state["schedule"] == {"lr_schedule": "constant", "next_lr": 1e-3}
+    assert set(state["rng"]) == {"python", "numpy", "torch", "cuda"}
+    assert len(state["optimizer"]["state"]) == len(state["params"])  # Adam moments of every tensor
+    assert load_checkpoint(run / "checkpoints" / "last.prev.pt")["iteration"] == 2
+
+
+def test_random_streams_survive_a_checkpoint(tmp_path: Path) -> None:
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    save_checkpoint(tmp_path / "rng.pt", {"rng": engine.rng_states()})
+    expected = (random.random(), np.random.rand(), np.random.randn(), torch.rand(2))
+    random.seed(9)
+    np.random.seed(9)
+    torch.manual_seed(9)
+    engine.restore_rng_states(load_checkpoint(tmp_path / "rng.pt")["rng"])
+    again = (random.random(), np.random.rand(), np.random.randn(), torch.rand(2))
+    assert again[:3] == expected[:3] and torch.equal(again[3], expected[3])
+
+
+def test_resume_restores_the_global_random_streams(tiny_cfg: Config) -> None:
+    run = create_run(tiny_cfg, "cpu")
+    engine.train(tiny_cfg, load_data(tiny_cfg.data), run)
+    saved = load_checkpoint(run / "checkpoints" / "last.pt")
+    random.seed(123)
+    engine.train(tiny_cfg, load_data(tiny_cfg.data), run, resume=saved)  # nothing left to do
+    after = random.random()
+    engine.restore_rng_states(saved["rng"])
+    assert random.random() == after  # the stream continues from the checkpoint's state
+    random.seed(123)
+    assert random.random() != after
+
+
+def test_resume_with_another_seed_is_refused(tiny_cfg: Config) -> None:
+    run = create_run(tiny_cfg, "cpu")
+    engine.train(tiny_cfg, load_data(tiny_cfg.data), run)
+    saved = load_checkpoint(run / "checkpoints" / "last.pt")
+    tiny_cfg.train.seed = 5
+    with pytest.raises(RunError, match=r"train\.seed = 0, the config says 5"):
+        engine.train(tiny_cfg, load_data(tiny_cfg.data), run, resume=saved)
 
 
 def test_resolve_device() -> None:

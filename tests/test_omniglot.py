@@ -3,12 +3,14 @@ parts built in tmp_path (extracted folders, and zips with the checksum table emp
 
 from __future__ import annotations
 
+import hashlib
 import io
 import shutil
 import time
 import zipfile
 from collections import Counter
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +29,23 @@ NOVEL = {"Japanese_(katakana)": 47, "Sanskrit": 42, "Tagalog": 17}
 TRAIN = {"Balinese": 24, "Early_Aramaic": 22, "Greek": 24, "Korean": 40, "Latin": 26}
 
 
-def data_cfg(root: Path | str | None, size: int = 28, channels: int = 1, **omniglot: object) -> DataConfig:
+def data_cfg(
+    root: Path | str | None,
+    size: int = 28,
+    channels: int = 1,
+    novel_labeled: int = 0,
+    download: bool = False,
+    **omniglot: object,
+) -> DataConfig:
+    """Omniglot data config; the split defaults to `alphabets` (the one the minimal zips allow)."""
+    omniglot.setdefault("split", "alphabets")
     return DataConfig(
         dataset="omniglot",
         root=None if root is None else str(root),
+        download=download,
         image_size=size,
         channels=channels,
+        novel_labeled=novel_labeled,
         omniglot=OmniglotConfig(**omniglot),  # type: ignore[arg-type]
     )
 
@@ -64,7 +77,7 @@ def real(real_root: Path) -> FewShotData:
 
 
 def test_registered_and_selected_by_config(real_root: Path) -> None:
-    assert DATASETS["omniglot"] is omni.load_omniglot
+    assert DATASETS["omniglot"] is omni.OMNIGLOT
     cfg = load_config(None, ["data.dataset=omniglot", f"data.root={real_root}"])
     assert cfg.data.omniglot == OmniglotConfig()
 
@@ -163,13 +176,13 @@ def test_corrupt_zip_is_refused_naming_the_file(real_root: Path, tmp_path: Path)
     raw = bytearray(path.read_bytes())
     raw[len(raw) // 2] ^= 0xFF
     path.write_bytes(bytes(raw))
-    with pytest.raises(DataError, match=r"images_background_small1\.zip.*sha256.*download it again"):
+    with pytest.raises(DataError, match=r"images_background_small1\.zip.*sha256.*fetch it again"):
         load_data(data_cfg(tmp_path))
 
 
 def test_web_page_saved_as_zip_is_refused(tmp_path: Path) -> None:
     (tmp_path / SMALL_ZIPS[0]).write_text("<!DOCTYPE html><html><body>Not found</body></html>")
-    with pytest.raises(DataError, match=r"images_background_small1\.zip.*not a zip.*web page"):
+    with pytest.raises(DataError, match=r"images_background_small1\.zip.*web page"):
         load_data(data_cfg(tmp_path))
 
 
@@ -187,7 +200,7 @@ def test_unknown_alphabet_lists_the_valid_ones(real_root: Path) -> None:
 
 
 def test_missing_root_says_where_to_put_the_files(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match=r"data\.root is not set.*images_background_small1\.zip"):
+    with pytest.raises(DataError, match=r"data\.root is not set.*images_background\.zip"):
         load_data(data_cfg(None))
     with pytest.raises(DataError, match="does not exist"):
         load_data(data_cfg(tmp_path / "nowhere"))
@@ -202,7 +215,8 @@ def test_missing_root_says_where_to_put_the_files(tmp_path: Path) -> None:
         ("data.omniglot.sources=small1+small1", "distinct"),
         ("data.omniglot.test_alphabets=' , '", "test_alphabets is empty"),
         ("data.omniglot.val_alphabets=Tagalog", "both"),
-        ("data.omniglot.novel_labeled=21", "<= 20"),
+        ("data.omniglot.split=vinyal", "data.omniglot.split"),
+        ("data.omniglot.val_characters=1101", "<= 1100"),
         ("data.omniglot.rotations=maybe", "true or false"),
     ],
 )
@@ -215,7 +229,7 @@ def test_config_source_names_match_the_parts() -> None:
     from metafew.config import OMNIGLOT_SOURCES
 
     assert set(OMNIGLOT_SOURCES) == set(omni.PARTS)
-    assert {f"{stem}.zip" for stem in omni.PARTS.values()} == set(omni.CHECKSUMS)
+    assert {f"{stem}.zip" for stem in omni.PARTS.values()} == {r.name for r in omni.REMOTES.values()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -294,7 +308,7 @@ def test_order_of_parts_and_files_does_not_matter(folders: Path) -> None:
 
 
 def test_zip_and_folder_read_the_same(folders: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(omni, "CHECKSUMS", {})  # synthetic zips have no official sums
+    monkeypatch.setattr(omni, "REMOTES", {})  # synthetic zips have no official sums
     zips = tmp_path / "zips"
     zips.mkdir()
     write_zip(zips / "images_background_small1.zip", layout("images_background_small1", PART1), reverse=True)
@@ -308,8 +322,10 @@ def test_zip_and_folder_read_the_same(folders: Path, tmp_path: Path, monkeypatch
 def test_zip_is_preferred_to_its_folder(real_root: Path, tmp_path: Path) -> None:
     shutil.copy(real_root / SMALL_ZIPS[0], tmp_path / SMALL_ZIPS[0])
     write_folder(tmp_path, layout("images_background_small1", {"Fake/character01": 2}))
+    paths = omni.find_parts(data_cfg(tmp_path, sources="small1"))
+    assert paths == [tmp_path / SMALL_ZIPS[0]]
     with ExitStack() as stack:
-        part = omni.open_part(tmp_path, "small1", stack)
+        part = omni.open_part("small1", paths[0], stack)
         assert part.archive is not None
         assert {a for a, _, _ in part.members} == {"Balinese", "Early_Aramaic", "Greek", "Korean", "Latin"}
 
@@ -348,3 +364,117 @@ def test_decode_inverts_and_resizes() -> None:
 def test_every_alphabet_held_out_is_refused(folders: Path) -> None:
     with pytest.raises(ConfigError, match="leave some for meta-training"):
         synthetic(folders, val_alphabets="Greek,Balinese")
+
+
+# ---------------------------------------------------------------------------------------------
+# named splits on a synthetic full Omniglot (1623 characters in 30 + 20 alphabets, one drawer)
+
+
+def full_layout(stem: str, alphabets: range, characters: int) -> dict[str, bytes]:
+    pngs = [picture(seed) for seed in range(7)]  # content does not matter here: reuse a few
+    return {
+        f"{stem}/Alphabet{a:02d}/character{c:02d}/{a:02d}{c:02d}_01.png": pngs[(a + c) % 7]
+        for a in alphabets
+        for c in range(1, characters + 1)
+    }
+
+
+@pytest.fixture(scope="module")
+def full_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """images_background/ with 964 characters (30 alphabets) and images_evaluation/ with 659 (20)."""
+    root = tmp_path_factory.mktemp("omniglot_full")
+    background = full_layout("images_background", range(30), 32)  # 960 ...
+    background.update(full_layout("images_background", range(30, 31), 0))
+    for c in range(1, 5):  # ... + 4 = 964
+        background[f"images_background/Alphabet00/character{32 + c:02d}/00{32 + c:02d}_01.png"] = picture(c)
+    evaluation = full_layout("images_evaluation", range(50, 70), 33)  # 660 ...
+    del evaluation["images_evaluation/Alphabet69/character33/6933_01.png"]  # ... - 1 = 659
+    write_folder(root, background, reverse=True)
+    write_folder(root, evaluation)
+    return root
+
+
+def full(root: Path, **omniglot: object) -> FewShotData:
+    return load_data(data_cfg(root, size=6, rotations=False, **omniglot))
+
+
+def test_vinyals_split_is_1200_and_423_by_the_hash_rule(full_root: Path) -> None:
+    data = full(full_root, split="vinyals")
+    names = data.meta_train.classes + data.novel.classes
+    assert len(data.meta_train.classes) == 1200 and len(data.novel.classes) == 423
+    assert len(set(names)) == 1623 and data.meta_val is None
+    # the documented rule, recomputed here: order by SHA-256 of "Alphabet/characterNN"
+    order = sorted(names, key=lambda n: hashlib.sha256(n.encode()).hexdigest())
+    assert set(data.meta_train.classes) == set(order[:1200])
+    assert data.meta_train.classes == sorted(data.meta_train.classes)
+    # both sides draw from background and evaluation alike
+    assert {n.split("/")[0] for n in data.novel.classes} & {f"Alphabet{a:02d}" for a in range(30)}
+    assert {n.split("/")[0] for n in data.novel.classes} & {f"Alphabet{a:02d}" for a in range(50, 70)}
+
+
+def test_vinyals_validation_characters_come_from_the_1200(full_root: Path) -> None:
+    plain = full(full_root, split="vinyals")
+    data = full(full_root, split="vinyals", val_characters=172)
+    assert data.meta_val is not None
+    assert (len(data.meta_train.classes), len(data.meta_val.classes)) == (1028, 172)
+    assert set(data.meta_train.classes) | set(data.meta_val.classes) == set(plain.meta_train.classes)
+    assert data.novel.classes == plain.novel.classes
+
+
+def test_vinyals_needs_the_complete_set(folders: Path) -> None:
+    with pytest.raises(DataError, match=r"'background' not found"):
+        full(folders, split="vinyals")
+    (folders / "images_background").symlink_to(folders / "images_background_small1")
+    (folders / "images_evaluation").symlink_to(folders / "images_background_small2")
+    with pytest.raises(DataError, match=r"needs all 1623 characters.*found 5"):
+        full(folders, split="vinyals")
+
+
+def test_lake_split_is_background_against_evaluation(full_root: Path) -> None:
+    data = full(full_root, split="lake", val_alphabets="Alphabet00,Alphabet01")
+    alphabets = {name: {c.split("/")[0] for c in names} for name, names in data.class_lists().items()}
+    assert {n.split("/")[0] for n in data.novel.classes} == {f"Alphabet{a:02d}" for a in range(50, 70)}
+    assert len(data.novel.classes) == 659
+    assert data.meta_val is not None and alphabets["meta_val"] == {"Alphabet00", "Alphabet01"}
+    assert len(data.meta_train.classes) == 964 - 36 - 32
+    with pytest.raises(ConfigError, match="belong to the test alphabets"):
+        full(full_root, split="lake", val_alphabets="Alphabet50")
+
+
+def test_small1_split_trains_on_the_minimal_set(real_root: Path, full_root: Path, tmp_path: Path) -> None:
+    shutil.copy(real_root / SMALL_ZIPS[0], tmp_path / SMALL_ZIPS[0])
+    (tmp_path / "images_evaluation").symlink_to(full_root / "images_evaluation")
+    data = load_data(data_cfg(tmp_path, size=8, split="small1", rotations=False))
+    assert per_alphabet(data.meta_train.classes) == TRAIN  # small1 holds exactly these five
+    assert len(data.novel.classes) == 659
+    assert data.provenance["split"] == "small1"
+    zip_source, folder_source = data.provenance["sources"]
+    assert zip_source["name"] == SMALL_ZIPS[0] and zip_source["sha256"] == omni.REMOTES["small1"].digest
+    assert folder_source["name"] == "images_evaluation" and folder_source["files"] == 659
+
+
+def test_download_through_a_mirror_folder(
+    real_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("METAFEW_MIRROR", str(real_root))
+    root = tmp_path / "fresh"
+    root.mkdir()
+    cfg = data_cfg(root)
+    with pytest.raises(DataError, match=r"data\.download=true"):
+        load_data(cfg)
+    cfg.download = True
+    data = load_data(cfg)
+    assert sorted(p.name for p in root.iterdir()) == sorted(SMALL_ZIPS)
+    assert len(data.novel.classes) == 106
+    bad = tmp_path / "bad_mirror"
+    bad.mkdir()
+    for name in SMALL_ZIPS:
+        raw = bytearray((real_root / name).read_bytes())
+        raw[100] ^= 1
+        (bad / name).write_bytes(bytes(raw))
+    monkeypatch.setenv("METAFEW_MIRROR", str(bad))
+    monkeypatch.setattr(omni, "REMOTES", {k: replace(r, mirrors=()) for k, r in omni.REMOTES.items()})
+    empty = tmp_path / "empty"
+    with pytest.raises(DataError, match=r"could not download images_background_small1\.zip.*does not match"):
+        load_data(data_cfg(empty, download=True))
+    assert list(empty.iterdir()) == []

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import multiprocessing
-import os
-import pickle
 import re
 import sys
 import threading
@@ -18,17 +15,23 @@ import torch
 
 import metafew
 from metafew import runs
-from metafew.config import Config, from_dict, load_config, parse_yaml
+from metafew.config import Config, from_dict, load_config, parse_yaml, to_dict
 from metafew.errors import RunError
 from metafew.runs import (
     CHECKPOINT_FORMAT,
+    RunClaim,
     append_metrics,
+    config_diff,
     create_run,
+    discard_partial_writes,
+    find_resumable,
     list_runs,
     load_checkpoint,
+    load_resume_checkpoint,
     load_run_config,
     new_file,
     new_folder,
+    previous_checkpoint,
     read_metrics,
     resolve_run,
     save_checkpoint,
@@ -137,19 +140,7 @@ def test_concurrent_threads_get_distinct_folders(tmp_path: Path, monkeypatch: py
     assert all(p.name.startswith(f"{STAMP}-job-") for p in made)
 
 
-def _make_folder_in_child(parent: str) -> str:
-    runs._stamp = lambda: STAMP  # every process in the same second
-    return str(new_folder(Path(parent), "job"))
-
-
-def test_concurrent_processes_get_distinct_folders(tmp_path: Path) -> None:
-    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
-    parent = str(tmp_path / "runs")
-    with ctx.Pool(4) as pool:
-        made = pool.map(_make_folder_in_child, [parent] * 16)
-    assert len(set(made)) == 16
-    assert len(list((tmp_path / "runs").iterdir())) == 16
-    assert all(Path(p).name.startswith(f"{STAMP}-job-") for p in made)
+# 16 processes in the same second: tests/reliability/test_faults.py
 
 
 def test_new_file_is_created_empty_and_unique(tmp_path: Path) -> None:
@@ -327,105 +318,141 @@ def test_save_into_a_missing_folder_is_a_run_error(tmp_path: Path) -> None:
     assert not (tmp_path / "nope").exists()
 
 
-def assert_refused(path: Path, match: str | None = None) -> RunError:
-    with pytest.raises(RunError, match=match) as info:
-        load_checkpoint(path)
-    assert info.value.exit_code == 4
-    assert str(path) in str(info.value)
-    return info.value
+def test_keep_previous_rotates_last_into_last_prev(tmp_path: Path) -> None:
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"iteration": 1}, keep_previous=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+    save_checkpoint(path, {"iteration": 2}, keep_previous=True)
+    save_checkpoint(path, {"iteration": 3}, keep_previous=True)
+    assert previous_checkpoint(path) == tmp_path / "last.prev.pt"
+    assert load_checkpoint(path)["iteration"] == 3
+    assert load_checkpoint(tmp_path / "last.prev.pt")["iteration"] == 2
+    save_checkpoint(tmp_path / "best.pt", {"iteration": 3})
+    save_checkpoint(tmp_path / "best.pt", {"iteration": 4})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt", "last.prev.pt", "last.pt"]
 
 
-def test_missing_checkpoint(tmp_path: Path) -> None:
-    assert_refused(tmp_path / "best.pt", "not found")
-    (tmp_path / "dir.pt").mkdir()
-    assert_refused(tmp_path / "dir.pt", "not found")
+def test_failed_write_keeps_both_checkpoints(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "last.pt"
+    save_checkpoint(path, {"iteration": 1}, keep_previous=True)
+    save_checkpoint(path, {"iteration": 2}, keep_previous=True)
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise RuntimeError(
+            "[enforce fail at inline_container.cc:595] . PytorchStreamWriter failed writing file"
+        )
+
+    monkeypatch.setattr(runs.torch, "save", full)
+    with pytest.raises(RunError, match=r"cannot write checkpoint .*PytorchStreamWriter failed") as info:
+        save_checkpoint(path, {"iteration": 3}, keep_previous=True)
+    assert "\n" not in str(info.value)
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.prev.pt", "last.pt"]
+    assert [load_checkpoint(tmp_path / n)["iteration"] for n in ("last.pt", "last.prev.pt")] == [2, 1]
 
 
-@pytest.mark.parametrize("keep", [1, 4, 100, 0.5, -1, -30])
-def test_truncated_checkpoint(checkpoint: Path, keep: float) -> None:
-    data = checkpoint.read_bytes()
-    end = int(len(data) * keep) if isinstance(keep, float) else keep if keep > 0 else len(data) + keep
-    checkpoint.write_bytes(data[:end])
-    assert 0 < checkpoint.stat().st_size < len(data)
-    assert_refused(checkpoint, "corrupt or unsafe")
+def test_a_full_disk_under_torch_save_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def save(*args: object, **kwargs: object) -> None:
+        try:  # what torch.save does when the file's write fails
+            raise OSError(28, "No space left on device")
+        except OSError:
+            raise RuntimeError(
+                "[enforce fail at inline_container.cc:672] . unexpected pos 704 vs 598"
+            ) from None
+
+    monkeypatch.setattr(runs.torch, "save", save)
+    with pytest.raises(RunError, match="No space left on device; free disk space"):
+        save_checkpoint(tmp_path / "last.pt", {"iteration": 1})
 
 
-def test_zero_byte_checkpoint(tmp_path: Path) -> None:
-    path = tmp_path / "empty.pt"
-    path.touch()
-    assert_refused(path, "corrupt or unsafe")
+def test_disk_errors_of_small_files_are_run_errors(tmp_path: Path) -> None:
+    missing = tmp_path / "gone"
+    with pytest.raises(RunError, match="cannot write") as info:
+        write_json(missing / "x.json", {})
+    assert str(missing / "x.json") in str(info.value)
+    with pytest.raises(RunError, match=r"metrics\.jsonl"):
+        append_metrics(missing, {"iteration": 1})
 
 
-def test_garbage_checkpoint(tmp_path: Path) -> None:
-    path = tmp_path / "text.pt"
-    path.write_text("this is not a checkpoint\n")
-    assert_refused(path, "corrupt or unsafe")
+def meta_run(cfg: Config, *iterations: int) -> Path:
+    """A run folder with one last.pt per given iteration (the last one stays last.pt)."""
+    run = create_run(cfg, "cpu")
+    for it in iterations:
+        save_checkpoint(run / "checkpoints" / "last.pt", {"iteration": it}, keep_previous=True)
+    return run
 
 
-@pytest.mark.parametrize("where", ["zip magic", "end of archive"])
-def test_bit_flipped_archive_structure(checkpoint: Path, where: str) -> None:
-    data = bytearray(checkpoint.read_bytes())
-    offset = 0 if where == "zip magic" else len(data) - 22  # end-of-central-directory record
-    data[offset] ^= 0x01
-    checkpoint.write_bytes(bytes(data))
-    assert_refused(checkpoint, "corrupt or unsafe")
+def test_load_resume_checkpoint(tiny_cfg: Config) -> None:
+    run = meta_run(tiny_cfg, 2, 4)
+    assert load_resume_checkpoint(run) == (load_checkpoint(run / "checkpoints" / "last.pt"), None)
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    state, note = load_resume_checkpoint(run)
+    assert state is not None and state["iteration"] == 2
+    assert note is not None and "\n" not in note
+    assert note.startswith(f"checkpoint {str(run / 'checkpoints' / 'last.pt')!r} is corrupt")
+    assert note.endswith("falling back to the previous checkpoint last.prev.pt (iteration 2)")
+    fresh = create_run(tiny_cfg, "cpu")
+    state, note = load_resume_checkpoint(fresh)
+    assert state is None and note is not None and "starting it over from iteration 0" in note
 
 
-@pytest.mark.parametrize("where", ["tensor data", "pickled key"])
-def test_bit_flipped_payload(checkpoint: Path, where: str) -> None:
-    data = bytearray(checkpoint.read_bytes())
-    if where == "tensor data":
-        offset = bytes(data).find(state()["model"]["conv.weight"].numpy().tobytes())
-    else:
-        offset = bytes(data).find(b"best_val")
-    assert offset > 0
-    data[offset + 2] ^= 0x01
-    checkpoint.write_bytes(bytes(data))
-    assert_refused(checkpoint)
+def test_discard_partial_writes(tiny_cfg: Config) -> None:
+    run = meta_run(tiny_cfg, 2)
+    partial = [run / "checkpoints" / ".last.pt.0123abcd.tmp", run / ".metrics.jsonl.89abcdef.tmp"]
+    for path in partial:
+        path.write_bytes(b"half")
+    assert sorted(discard_partial_writes(run)) == sorted(partial)
+    assert leftovers(run) == []
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["iteration"] == 2
 
 
-@pytest.mark.parametrize(
-    "payload",
-    [{"model": {}}, {"format": 999, "model": {}}, [1, 2, 3], torch.zeros(3)],
-    ids=["no format", "other format", "list", "tensor"],
-)
-def test_non_metafew_checkpoint(tmp_path: Path, payload: object) -> None:
-    path = tmp_path / "other.pt"
-    torch.save(payload, path)
-    error = assert_refused(path, "not a metafew checkpoint")
-    assert f"format {CHECKPOINT_FORMAT}" in str(error)
+def test_config_diff_lists_dotted_changes() -> None:
+    a = {"task": {"ways": 5, "shots": 1}, "train": {"seed": 0}}
+    b = {"task": {"ways": 5, "shots": 5}, "train": {"seed": 1}}
+    assert config_diff(a, b) == [("task.shots", 1, 5), ("train.seed", 0, 1)]
+    assert config_diff(a, a) == []
 
 
-class Exploit:
-    """Runs a shell command when unpickled."""
+def test_run_claim_is_exclusive_and_released(tiny_cfg: Config) -> None:
+    run = create_run(tiny_cfg, "cpu")
+    with RunClaim() as first:
+        first.acquire(run)
+        with pytest.raises(RunError, match="being trained by another process") as info:
+            RunClaim().acquire(run)
+        assert str(run) in str(info.value) and info.value.exit_code == 4
+    with RunClaim() as again:
+        again.acquire(run)  # released on exit
 
-    def __init__(self, marker: Path):
-        self.marker = marker
 
-    def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
+def test_create_run_with_a_claim_holds_it_before_config_exists(tiny_cfg: Config) -> None:
+    with RunClaim() as claim:
+        run = create_run(tiny_cfg, "cpu", claim)
+        with pytest.raises(RunError, match="another process"):
+            RunClaim().acquire(run)
 
 
-@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
-@pytest.mark.parametrize("writer", ["pickle", "torch.save"])
-@pytest.mark.parametrize("force_unsafe", [False, True], ids=["default", "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD"])
-def test_malicious_pickle_is_refused_and_not_run(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, writer: str, force_unsafe: bool
+def test_find_resumable_picks_the_newest_unfinished_run_with_the_same_config(
+    tiny_cfg: Config, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    marker = tmp_path / "pwned"
-    payload = {"format": CHECKPOINT_FORMAT, "model": Exploit(marker)}
-    path = tmp_path / "evil.pt"
-    if writer == "pickle":
-        path.write_bytes(pickle.dumps(payload))
-    else:
-        torch.save(payload, path)
-    assert not marker.exists()
-    if force_unsafe:
-        monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
-    else:
-        monkeypatch.delenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", raising=False)
-    assert_refused(path, "corrupt or unsafe")
-    assert not marker.exists()
+    stamps = iter(f"20240101-00000{i}" for i in range(10))
+    monkeypatch.setattr(runs, "_stamp", lambda: next(stamps))
+    assert find_resumable(tiny_cfg) is None  # no runs folder yet
+    older = meta_run(tiny_cfg, 2)
+    newer = meta_run(tiny_cfg, 2)
+    finished = meta_run(tiny_cfg, 2, 4)  # train.iterations = 4
+    other = from_dict({**to_dict(tiny_cfg), "task": {**to_dict(tiny_cfg)["task"], "shots": 1}})
+    meta_run(other, 2)  # another experiment
+    assert find_resumable(tiny_cfg) == newer
+    with RunClaim() as claim:
+        claim.acquire(newer)  # being trained by another job
+        assert find_resumable(tiny_cfg) == older
+    longer = from_dict({**to_dict(tiny_cfg), "train": {**to_dict(tiny_cfg)["train"], "iterations": 8}})
+    assert find_resumable(longer) == finished  # train.iterations may grow: unfinished again
+    renamed = from_dict({**to_dict(tiny_cfg), "train": {**to_dict(tiny_cfg)["train"], "name": "other"}})
+    assert find_resumable(renamed) is None
+
+
+# corrupt, truncated, bit-flipped, foreign and malicious files: tests/reliability/test_checkpoints.py
 
 
 # ---------------------------------------------------------------------------------------------

@@ -7,11 +7,18 @@ Layout of a few-shot folder dataset (`data.root`):
     novel/labeled/<class>/*.png  labeled pictures of the novel classes
     novel/unlabeled/*.png        optional unlabeled pictures to predict
     novel/answers.csv            optional `file,label` rows that score predictions
+
+or simply one folder of classes, `<class>/*.png`, which is split automatically: classes (never
+pictures) are ordered by the SHA-256 of `<data.folder.split_seed>/<class name>`, the first
+`test_fraction` of them become the novel classes, the next `val_fraction` validate, the rest
+meta-train. The run folder records the split (data.json) and finetune/eval/predict reuse it, so
+adding classes to the folder later never moves a class between splits of an existing run.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import warnings
 from pathlib import Path
 from typing import BinaryIO
@@ -20,7 +27,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from metafew.data.base import FewShotData, LabeledImages, UnlabeledImages
+from metafew.config import DataConfig, FolderConfig
+from metafew.data.base import Dataset, FewShotData, LabeledImages, Splits, UnlabeledImages, split_novel
 from metafew.errors import DataError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -75,8 +83,8 @@ def _decode_all(paths: list[Path], size: int, channels: int) -> torch.Tensor:
     return torch.from_numpy(out)
 
 
-def load_class_folders(folder: Path, size: int, channels: int) -> LabeledImages:
-    """Every sub-folder of `folder` is a class (sorted by name); its pictures are its images."""
+def class_folders(folder: Path) -> list[Path]:
+    """The class sub-folders of `folder`, sorted by name (hidden ones skipped)."""
     if not folder.is_dir():
         raise DataError(f"class folder {str(folder)!r} does not exist: expected <class>/*.png inside")
     class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
@@ -84,15 +92,26 @@ def load_class_folders(folder: Path, size: int, channels: int) -> LabeledImages:
         raise DataError(
             f"{str(folder)!r} holds no class sub-folders: put each class's pictures in its own folder"
         )
+    return class_dirs
+
+
+def load_classes(class_dirs: list[Path], size: int, channels: int) -> LabeledImages:
+    """Each folder of `class_dirs` is a class (in the given order); its pictures are its images."""
     files = [image_files(d) for d in class_dirs]
-    empty = [d.name for d, f in zip(class_dirs, files) if not f]
+    empty = [d for d, f in zip(class_dirs, files) if not f]
     if empty:
         raise DataError(
-            f"{str(folder)!r}: class folders without images: {', '.join(empty)} (remove them or add pictures)"
+            f"{str(empty[0].parent)!r}: class folders without images: "
+            f"{', '.join(d.name for d in empty)} (remove them or add pictures)"
         )
     paths = [p for group in files for p in group]
     labels = torch.arange(len(files)).repeat_interleave(torch.tensor([len(f) for f in files]))
     return LabeledImages(_decode_all(paths, size, channels), labels, [d.name for d in class_dirs])
+
+
+def load_class_folders(folder: Path, size: int, channels: int) -> LabeledImages:
+    """Every sub-folder of `folder` is a class (sorted by name); its pictures are its images."""
+    return load_classes(class_folders(folder), size, channels)
 
 
 def load_unlabeled(folder: Path, size: int, channels: int) -> tuple[UnlabeledImages, list[tuple[str, str]]]:
@@ -129,6 +148,43 @@ def read_answers(path: Path, names: list[str]) -> list[str] | None:
     return [table[n] for n in names]
 
 
+def auto_split(names: list[str], cfg: FolderConfig) -> Splits:
+    """Class-disjoint split of `names` (see the module docstring): at least one novel class,
+    validation only when val_fraction > 0, and always some meta-training classes."""
+    order = sorted(names, key=lambda n: hashlib.sha256(f"{cfg.split_seed}/{n}".encode()).hexdigest())
+    n_test = max(1, round(cfg.test_fraction * len(order)))
+    n_val = round(cfg.val_fraction * len(order)) if cfg.val_fraction > 0 else 0
+    if n_test + max(n_val, 1 if cfg.val_fraction > 0 else 0) >= len(order):
+        raise DataError(
+            f"{len(order)} classes are too few to split into meta-train, validation and novel "
+            "classes: add classes or lower data.folder.test_fraction/val_fraction"
+        )
+    n_val = max(n_val, 1) if cfg.val_fraction > 0 else 0
+    return {
+        "novel": sorted(order[:n_test]),
+        "meta_val": sorted(order[n_test : n_test + n_val]),
+        "meta_train": sorted(order[n_test + n_val :]),
+    }
+
+
+def _auto_split_dataset(cfg: DataConfig, root: Path, recorded: Splits | None) -> FewShotData:
+    by_name = {d.name: d for d in class_folders(root)}
+    split = recorded if recorded is not None else auto_split(sorted(by_name), cfg.folder)
+    missing = [n for names in split.values() for n in names if n not in by_name]
+    if missing:
+        raise DataError(
+            f"class folders of the recorded split are missing from {str(root)!r}: "
+            f"{', '.join(missing[:5])}; restore them or train a new run"
+        )
+
+    def load(split_name: str) -> LabeledImages:
+        return load_classes([by_name[n] for n in split[split_name]], cfg.image_size, cfg.channels)
+
+    novel, unlabeled = split_novel(load("novel"), cfg.novel_labeled)
+    meta_val = load("meta_val") if split.get("meta_val") else None
+    return FewShotData(load("meta_train"), meta_val, novel, unlabeled, {"split": "automatic"})
+
+
 def load_folder_dataset(root: Path, size: int, channels: int) -> FewShotData:
     """The few-shot layout described in this module's docstring."""
     if not root.is_dir():
@@ -139,4 +195,29 @@ def load_folder_dataset(root: Path, size: int, channels: int) -> FewShotData:
     unlabeled = None
     if (root / "novel" / "unlabeled").is_dir():
         unlabeled, _ = load_unlabeled(root / "novel" / "unlabeled", size, channels)
-    return FewShotData(train, val, novel, unlabeled)
+    return FewShotData(train, val, novel, unlabeled, {"split": "folders"})
+
+
+def _root(cfg: DataConfig) -> Path:
+    root = Path(cfg.root or ".")
+    if not root.is_dir():
+        raise DataError(
+            f"data.root {str(root)!r} does not exist: point it at a folder holding meta_train/ "
+            "and novel/, or a folder of class folders"
+        )
+    return root
+
+
+def _build(cfg: DataConfig, sources: list[Path], recorded: Splits | None) -> FewShotData:
+    root = _root(cfg)
+    if (root / "meta_train").is_dir():
+        return load_folder_dataset(root, cfg.image_size, cfg.channels)
+    return _auto_split_dataset(cfg, root, recorded)
+
+
+FOLDER = Dataset(
+    sources=lambda cfg, progress: [_root(cfg)],
+    build=_build,
+    summary="your own pictures, one folder per class (split by you, or automatically)",
+    files="data.root: meta_train/, [meta_val/], novel/labeled/, [novel/unlabeled/], or <class>/ folders",
+)

@@ -12,11 +12,13 @@ always the same pictures for the same seed.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
-from metafew.config import GlyphsConfig
-from metafew.data.base import FewShotData, LabeledImages, UnlabeledImages
+from metafew.config import DataConfig, GlyphsConfig
+from metafew.data.base import Dataset, FewShotData, LabeledImages, Splits, UnlabeledImages
 
 _CURVE_POINTS = 20  # points sampled along each Bézier stroke
 _T = np.linspace(0.0, 1.0, _CURVE_POINTS)
@@ -118,3 +120,16 @@ def load_glyphs(cfg: GlyphsConfig, image_size: int, channels: int) -> FewShotDat
         names = [f"unlabeled_{i:04d}.png" for i in range(len(answers))]
         unlabeled = UnlabeledImages(images, names, [answers[i] for i in order])
     return FewShotData(train, val, novel, unlabeled)
+
+
+def _build(cfg: DataConfig, sources: list[Path], recorded: Splits | None) -> FewShotData:
+    return load_glyphs(cfg.glyphs, cfg.image_size, cfg.channels)
+
+
+GLYPHS = Dataset(
+    sources=lambda cfg, progress: [],
+    build=_build,
+    summary="procedurally drawn stroke characters, embedded (no files, no download)",
+    files="none: generated from data.glyphs.seed",
+    cacheable=False,  # generated in about a second; a cache would only go stale with the code
+)

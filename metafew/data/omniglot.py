@@ -3,21 +3,31 @@
 Lake, Salakhutdinov & Tenenbaum, "Human-level concept learning through probabilistic program
 induction", Science 2015; files from https://github.com/brendenlake/omniglot (python/, MIT).
 
-`data.root` holds the official zips, read in place (no extraction), or their extracted folders:
+`data.root` holds the official zips, read in place (no extraction), or their extracted folders;
+missing zips are downloaded (and checked) with `data.download=true` or `metafew data prepare`:
 
     images_background_small1.zip   or  images_background_small1/<Alphabet>/characterNN/*.png
     images_background_small2.zip       (5 alphabets each; Greek and Latin are in both)
     images_background.zip              (30 alphabets, 964 characters)
     images_evaluation.zip              (20 alphabets, 659 characters)
 
-`data.omniglot.sources` picks the parts; a zip wins over a folder of the same name, because only
-zips can be checked against known checksums. A character is the class `Alphabet/characterNN`,
-keyed by (alphabet, folder) so that one found in two parts counts once (pictures merged by file
-name, the first part listed wins). Splits are by alphabet, as in Lake et al.: the test alphabets
-give the novel classes, the validation alphabets meta_val, every other alphabet meta_train.
-Meta-train characters also appear rotated by 90, 180 and 270 degrees (counter-clockwise, as
-`torch.rot90`) as new classes `Alphabet/characterNN@rot90` etc. (Santoro et al. 2016; Finn et al.
-2017); held-out splits are never rotated.
+A zip wins over a folder of the same name, because only zips can be checked against the
+published digests. A character is the class `Alphabet/characterNN`, keyed by (alphabet, folder)
+so that one found in two parts counts once (pictures merged by file name, the first part wins).
+
+Splits (`data.omniglot.split`):
+- `vinyals` (default): all 1623 characters of background + evaluation pooled, ordered by the
+  SHA-256 of their name `Alphabet/characterNN`; the first 1200 meta-train, the other 423 are the
+  novel (test) classes: the sizes of Vinyals et al. 2016 and MAML (Finn et al. 2017), whose own
+  draws depended on file-system order. `val_characters` of the 1200 (the last ones) validate.
+- `lake`: background (30 alphabets) meta-trains, evaluation (20 alphabets) tests (Lake et al.).
+- `small1`, `small2`: one minimal background set (5 alphabets) meta-trains, evaluation tests.
+- `alphabets`: the parts in `sources`; `test_alphabets` are the novel classes.
+Except in `vinyals`, `val_alphabets` moves meta-training alphabets to validation. Meta-train
+characters also appear rotated by 90, 180 and 270 degrees (counter-clockwise, as `torch.rot90`)
+as new classes `Alphabet/characterNN@rot90` etc. (Santoro et al. 2016; Finn et al. 2017);
+held-out splits are never rotated. `data.novel_labeled` keeps that many drawers (by file name)
+of each novel character labeled; the others become unlabeled pictures for `metafew predict`.
 
 Pictures are 105x105 1-bit PNGs of black strokes on white. They are converted to 8-bit gray,
 resized with Pillow's LANCZOS filter (the filter of MAML's resize script; there Pillow silently
@@ -40,7 +50,8 @@ import torch
 from PIL import Image
 
 from metafew.config import DataConfig, OmniglotConfig, comma_list
-from metafew.data.base import FewShotData, LabeledImages, UnlabeledImages
+from metafew.data.base import Dataset, FewShotData, LabeledImages, Splits, split_novel
+from metafew.data.download import Progress, RemoteFile, download, verify
 from metafew.data.folder import decode_image
 from metafew.errors import ConfigError, DataError
 
@@ -52,24 +63,27 @@ PARTS: dict[str, str] = {
 }
 """`data.omniglot.sources` names -> zip file stem / folder name."""
 
-CHECKSUMS: dict[str, tuple[str, str]] = {
-    # sha256 of the published minimal sets, as listed in ../shared/datasets/README.md
-    "images_background_small1.zip": (
-        "sha256",
-        "f38eb80f801274ac2b4dff5b24289016bfaba4a7d5bb50deebf27104ad6cb8a4",
-    ),
-    "images_background_small2.zip": (
-        "sha256",
-        "3ccaa407515a8778e5d0861875af38b17e418f301ad5bb3b5a6b65d901a41c7f",
-    ),
-    # md5 only: the sums torchvision checks (torchvision/datasets/omniglot.py, `zips_md5`)
-    "images_background.zip": ("md5", "68d2efa1b9178cc56df9314c21c6e718"),
-    "images_evaluation.zip": ("md5", "6b91aef0f799c5bb55b94e3f2daec811"),
-}
-"""Known digests of the official zips: (hashlib algorithm, hex digest)."""
-
 DOWNLOAD_PAGE = "https://github.com/brendenlake/omniglot/tree/master/python"
-_SHUFFLE_SEED = 0x0A1  # fixed order of the unlabeled pictures
+MIRRORS = ("https://raw.githubusercontent.com/brendenlake/omniglot/master/python/",)
+
+_DIGESTS: dict[str, tuple[str, str]] = {
+    # sha256 of the published minimal sets, as listed in ../shared/datasets/README.md
+    "small1": ("sha256", "f38eb80f801274ac2b4dff5b24289016bfaba4a7d5bb50deebf27104ad6cb8a4"),
+    "small2": ("sha256", "3ccaa407515a8778e5d0861875af38b17e418f301ad5bb3b5a6b65d901a41c7f"),
+    # md5 only: the sums torchvision checks (torchvision/datasets/omniglot.py, `zips_md5`)
+    "background": ("md5", "68d2efa1b9178cc56df9314c21c6e718"),
+    "evaluation": ("md5", "6b91aef0f799c5bb55b94e3f2daec811"),
+}
+
+REMOTES: dict[str, RemoteFile] = {
+    name: RemoteFile(f"{PARTS[name]}.zip", algorithm, digest, MIRRORS, DOWNLOAD_PAGE)
+    for name, (algorithm, digest) in _DIGESTS.items()
+}
+"""The official zips by part name, with their published digests."""
+
+VINYALS_TRAIN = 1200
+"""Characters of the meta-training side of the Vinyals et al. (2016) split; the other 423 of the
+1623 are the test characters (also MAML's split, Finn et al. 2017)."""
 
 Character = tuple[str, str]
 """(alphabet, character folder), e.g. ("Greek", "character01")."""
@@ -80,6 +94,7 @@ class _Part:
     """One opened part: a zip (`archive` set) or an extracted folder. `members` maps
     (alphabet, character, file name) to the zip member name or the path below `path`."""
 
+    name: str
     path: Path
     archive: zipfile.ZipFile | None
     members: dict[tuple[str, str, str], str]
@@ -102,26 +117,16 @@ Catalog = dict[Character, list[tuple[_Part, tuple[str, str, str]]]]
 
 
 def check_file(path: Path) -> None:
-    """Refuse `path` if it is not a zip archive or does not match its known digest."""
+    """Refuse `path` if it is not a zip archive or, for an official file name, does not match
+    its published digest."""
+    remote = next((r for r in REMOTES.values() if r.name == path.name), None)
+    if remote is not None:
+        verify(path, remote)
     with path.open("rb") as handle:
-        head = handle.read(64)
+        head = handle.read(4)
     if not head.startswith(b"PK"):
-        text = head.lstrip().lower()
-        looks = (
-            " (it looks like a web page: a failed download?)" if text.startswith((b"<!doc", b"<html")) else ""
-        )
         raise DataError(
-            f"{str(path)!r} is not a zip archive{looks}: delete it and download it again from {DOWNLOAD_PAGE}"
-        )
-    known = CHECKSUMS.get(path.name)
-    if known is None:
-        return
-    algorithm, expected = known
-    digest = hashlib.new(algorithm, path.read_bytes(), usedforsecurity=False).hexdigest()
-    if digest != expected:
-        raise DataError(
-            f"{str(path)!r}: {algorithm} {digest} does not match the official {expected}; the file is "
-            f"corrupt or not the published one: delete it and download it again from {DOWNLOAD_PAGE}"
+            f"{str(path)!r} is not a zip archive: delete it and download it again from {DOWNLOAD_PAGE}"
         )
 
 
@@ -134,32 +139,55 @@ def _key(parts: list[str]) -> tuple[str, str, str] | None:
     return parts[-3], parts[-2], parts[-1]
 
 
-def open_part(root: Path, name: str, stack: ExitStack) -> _Part:
-    """Open part `name` (a `PARTS` key) under `root`: its zip (checked) or else its folder."""
-    stem = PARTS[name]
-    zip_path, folder = root / f"{stem}.zip", root / stem
-    if zip_path.is_file():
-        check_file(zip_path)
+def part_names(cfg: OmniglotConfig) -> list[str]:
+    """The parts a split reads (`PARTS` keys), meta-training part first."""
+    if cfg.split == "alphabets":
+        return [name.strip() for name in cfg.sources.split("+")]
+    if cfg.split in ("small1", "small2"):
+        return [cfg.split, "evaluation"]
+    return ["background", "evaluation"]  # lake and vinyals use the full set
+
+
+def find_parts(cfg: DataConfig, progress: Progress | None = None) -> list[Path]:
+    """The zip (verified) or extracted folder of every part the split needs, downloading missing
+    zips when `cfg.download`."""
+    root = _root(cfg)
+    paths = []
+    for name in part_names(cfg.omniglot):
+        zip_path, folder = root / f"{PARTS[name]}.zip", root / PARTS[name]
+        if zip_path.is_file():
+            check_file(zip_path)
+            paths.append(zip_path)
+        elif folder.is_dir():
+            paths.append(folder)
+        elif cfg.download:
+            paths.append(download(REMOTES[name], root, progress=progress))
+        else:
+            raise DataError(
+                f"Omniglot part {name!r} not found: neither {str(zip_path)!r} nor the folder "
+                f"{str(folder)!r} exists; run `metafew data prepare omniglot --root {root}`, set "
+                f"data.download=true, or fetch {PARTS[name]}.zip from {DOWNLOAD_PAGE}"
+            )
+    return paths
+
+
+def open_part(name: str, path: Path, stack: ExitStack) -> _Part:
+    """Open the part at `path`: a zip (kept open by `stack`) or an extracted folder."""
+    if path.suffix == ".zip":
         try:
-            archive = stack.enter_context(zipfile.ZipFile(zip_path))
+            archive = stack.enter_context(zipfile.ZipFile(path))
         except zipfile.BadZipFile as exc:
-            raise DataError(f"{str(zip_path)!r} is not a readable zip ({exc}): download it again") from None
+            raise DataError(f"{str(path)!r} is not a readable zip ({exc}): download it again") from None
         members = {}
         for info in archive.infolist():
             key = None if info.is_dir() else _key(info.filename.split("/"))
             if key is not None:
                 members[key] = info.filename
-        part = _Part(zip_path, archive, members)
-    elif folder.is_dir():
-        files = (p.relative_to(folder) for p in folder.rglob("*") if p.is_file())
-        keyed = ((_key(list(rel.parts)), rel.as_posix()) for rel in files)
-        part = _Part(folder, None, {key: rel for key, rel in keyed if key is not None})
+        part = _Part(name, path, archive, members)
     else:
-        raise DataError(
-            f"Omniglot part {name!r} not found: neither {str(zip_path)!r} nor the folder {str(folder)!r} "
-            f"exists; download {stem}.zip from {DOWNLOAD_PAGE} into {str(root)!r} "
-            "or change data.omniglot.sources"
-        )
+        files = (p.relative_to(path) for p in path.rglob("*") if p.is_file())
+        keyed = ((_key(list(rel.parts)), rel.as_posix()) for rel in files)
+        part = _Part(name, path, None, {key: rel for key, rel in keyed if key is not None})
     if not part.members:
         raise DataError(f"{str(part.path)!r} holds no <Alphabet>/<character>/*.png pictures")
     return part
@@ -220,83 +248,92 @@ def _name(char: Character) -> str:
     return f"{char[0]}/{char[1]}"
 
 
-def _split_novel(
-    chars: list[Character], pictures: Catalog, size: int, labeled: int
-) -> tuple[LabeledImages, UnlabeledImages | None]:
-    """Novel characters: the first `labeled` drawers (by file name) labeled, the rest unlabeled
-    pictures in a fixed shuffled order with their answers."""
-    images, labels, ranks = decode_characters(chars, pictures, size)
-    names = [_name(c) for c in chars]
-    keep = ranks < labeled
-    novel = LabeledImages(images[keep], labels[keep], names)
-    held = torch.nonzero(~keep).flatten()
-    if len(held) == 0:
-        return novel, None
-    # shuffled so that the order of the pictures says nothing about their class
-    order = torch.from_numpy(np.random.default_rng(_SHUFFLE_SEED).permutation(len(held)))
-    held = held[order]
-    answers = [names[i] for i in labels[held].tolist()]
-    files = [f"unlabeled_{i:05d}.png" for i in range(len(held))]
-    return novel, UnlabeledImages(images[held], files, answers)
-
-
 def _channels(images: torch.Tensor, channels: int) -> torch.Tensor:
     return images if channels == 1 else images.expand(-1, channels, -1, -1).contiguous()
 
 
-def _with_channels(data: LabeledImages, channels: int) -> LabeledImages:
-    return LabeledImages(_channels(data.images, channels), data.labels, data.classes)
-
-
 def _root(cfg: DataConfig) -> Path:
-    where = (
-        "the Omniglot zips (images_background_small1.zip, images_background_small2.zip, ... "
-        f"from {DOWNLOAD_PAGE})"
-    )
+    where = f"the Omniglot zips (images_background.zip, images_evaluation.zip, ... from {DOWNLOAD_PAGE})"
     if not cfg.root:
         raise DataError(
             f"data.root is not set: point it at a folder holding {where}, e.g. data.root=omniglot"
         )
     root = Path(cfg.root)
+    if cfg.download:
+        root.mkdir(parents=True, exist_ok=True)
     if not root.is_dir():
         raise DataError(f"data.root {str(root)!r} does not exist: make it a folder holding {where}")
     return root
 
 
-def _labeled(chars: list[Character], pictures: Catalog, size: int) -> LabeledImages:
+def _labeled(chars: list[Character], pictures: Catalog, size: int, channels: int) -> LabeledImages:
     images, labels, _ = decode_characters(chars, pictures, size)
-    return LabeledImages(images, labels, [_name(c) for c in chars])
+    return LabeledImages(_channels(images, channels), labels, [_name(c) for c in chars])
 
 
-def load_omniglot(cfg: DataConfig) -> FewShotData:
-    """The splits of `cfg.omniglot` read from `cfg.root` (see the module docstring)."""
-    ocfg: OmniglotConfig = cfg.omniglot
-    root = _root(cfg)
-    with ExitStack() as stack:  # keeps the zips open while their pictures are decoded
-        pictures = catalog([open_part(root, name.strip(), stack) for name in ocfg.sources.split("+")])
-        alphabets = sorted({alphabet for alphabet, _ in pictures})
-        test = _pick_alphabets("test_alphabets", ocfg.test_alphabets, alphabets, ocfg.sources)
-        val = _pick_alphabets("val_alphabets", ocfg.val_alphabets, alphabets, ocfg.sources)
-        train_chars = [c for c in pictures if c[0] not in test | val]
-        if not train_chars:
-            raise ConfigError(
-                "data.omniglot: every alphabet is held out for test or validation; "
-                "leave some for meta-training"
+def vinyals_order(chars: list[Character]) -> list[Character]:
+    """The characters ordered by the SHA-256 of `Alphabet/characterNN`: a fixed pseudo-random
+    order that depends on the names alone (not on file-system order or an RNG's version)."""
+    return sorted(chars, key=lambda c: hashlib.sha256(_name(c).encode()).hexdigest())
+
+
+def assign_splits(
+    cfg: OmniglotConfig, pictures: Catalog
+) -> tuple[list[Character], list[Character], list[Character]]:
+    """(meta-train, validation, test) characters of the configured split."""
+    chars = list(pictures)
+    if cfg.split == "vinyals":
+        if len(chars) != 1623:
+            raise DataError(
+                f"the vinyals split needs all 1623 characters (images_background + "
+                f"images_evaluation), found {len(chars)}; use a complete set or another data.omniglot.split"
             )
-        train = _labeled(train_chars, pictures, cfg.image_size)
+        order = vinyals_order(chars)
+        cut = VINYALS_TRAIN - cfg.val_characters
+        return sorted(order[:cut]), sorted(order[cut:VINYALS_TRAIN]), sorted(order[VINYALS_TRAIN:])
+    alphabets = sorted({alphabet for alphabet, _ in chars})
+    val = _pick_alphabets("val_alphabets", cfg.val_alphabets, alphabets, cfg.split)
+    test: set[str]
+    if cfg.split == "alphabets":
+        test = _pick_alphabets("test_alphabets", cfg.test_alphabets, alphabets, cfg.sources)
+    else:  # lake, small1, small2: the evaluation part is the test set
+        test = {alphabet for (alphabet, _), items in pictures.items() if items[0][0].name == "evaluation"}
+        if val & test:
+            raise ConfigError(
+                f"data.omniglot.val_alphabets: {', '.join(sorted(val & test))} belong to the test "
+                "alphabets of this split; name meta-training alphabets"
+            )
+    held = test | val
+    train = [c for c in chars if c[0] not in held]
+    if not train:
+        raise ConfigError(
+            "data.omniglot: every alphabet is held out for test or validation; leave some for meta-training"
+        )
+    return train, [c for c in chars if c[0] in val], [c for c in chars if c[0] in test]
+
+
+def build_omniglot(cfg: DataConfig, sources: list[Path], recorded: Splits | None = None) -> FewShotData:
+    """The splits of `cfg.omniglot` decoded from the parts at `sources` (see the module docstring)."""
+    ocfg: OmniglotConfig = cfg.omniglot
+    names = part_names(ocfg)
+    with ExitStack() as stack:  # keeps the zips open while their pictures are decoded
+        pictures = catalog([open_part(name, path, stack) for name, path in zip(names, sources)])
+        train_chars, val_chars, test_chars = assign_splits(ocfg, pictures)
+        train = _labeled(train_chars, pictures, cfg.image_size, 1)
         if ocfg.rotations:
             train = with_rotations(train)
-        val_chars = [c for c in pictures if c[0] in val]
-        meta_val = _labeled(val_chars, pictures, cfg.image_size) if val_chars else None
-        novel_chars = [c for c in pictures if c[0] in test]
-        novel, unlabeled = _split_novel(novel_chars, pictures, cfg.image_size, ocfg.novel_labeled)
-    if unlabeled is not None and cfg.channels != 1:
-        unlabeled = UnlabeledImages(
-            _channels(unlabeled.images, cfg.channels), unlabeled.names, unlabeled.answers
-        )
-    return FewShotData(
-        _with_channels(train, cfg.channels),
-        None if meta_val is None else _with_channels(meta_val, cfg.channels),
-        _with_channels(novel, cfg.channels),
-        unlabeled,
-    )
+        meta_val = _labeled(val_chars, pictures, cfg.image_size, cfg.channels) if val_chars else None
+        novel = _labeled(test_chars, pictures, cfg.image_size, cfg.channels)
+    novel, unlabeled = split_novel(novel, cfg.novel_labeled)
+    train = LabeledImages(_channels(train.images, cfg.channels), train.labels, train.classes)
+    return FewShotData(train, meta_val, novel, unlabeled, {"split": ocfg.split})
+
+
+OMNIGLOT = Dataset(
+    sources=find_parts,
+    build=build_omniglot,
+    summary="1623 handwritten characters of 50 alphabets, 20 drawers each (Lake et al. 2015)",
+    files="images_background.zip, images_evaluation.zip (or the minimal "
+    "images_background_small1/2.zip), downloadable; zips or extracted folders in data.root",
+    remotes=tuple(REMOTES.values()),
+)

@@ -1,0 +1,58 @@
+"""Shared by the reliability tests: the uninterrupted reference run and what must equal it."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+from test_cli import load_pt, ok, only_child, read_metrics, tiny
+
+from metafew import engine
+
+ARGS = ["train.iterations=6"]
+"""The tiny experiment of conftest, 6 outer steps: checkpoints at 2, 4, 6, validation at 2, 4, 6."""
+
+
+def essentials(run: Path) -> list[dict[str, Any]]:
+    """metrics.jsonl without the wall-clock speed."""
+    return [{k: v for k, v in r.items() if k != "tasks_per_s"} for r in read_metrics(run)]
+
+
+def fingerprint(run: Path) -> dict[str, Any]:
+    """What must be bit-identical between an interrupted-and-resumed run and a straight one."""
+    out: dict[str, Any] = {"metrics": essentials(run)}
+    for name in ("last", "best"):
+        state = load_pt(run / "checkpoints" / f"{name}.pt")
+        out[name] = (state["iteration"], state["best_accuracy"])
+        out[f"{name}.params"] = {k: v.numpy().tobytes() for k, v in state["params"].items()}
+        out[f"{name}.adam"] = {
+            (i, k): v.numpy().tobytes() for i, s in state["optimizer"]["state"].items() for k, v in s.items()
+        }
+    return out
+
+
+def reference_run(factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The uninterrupted run's fingerprint (each test module makes it once, in a fixture)."""
+    runs_dir = factory.mktemp("reference") / "runs"
+    ok("train", *tiny(runs_dir, *ARGS))
+    return fingerprint(only_child(runs_dir))
+
+
+def resume_auto(runs_dir: Path, *extra: str) -> str:
+    """Re-run the same command with --resume auto (what a requeued job does); its stderr."""
+    result = ok("train", "--resume", "auto", *extra, *tiny(runs_dir, *ARGS))
+    return result.stderr
+
+
+def signal_after(monkeypatch: pytest.MonkeyPatch, sig: int, iteration: int) -> None:
+    """Deliver `sig` to this process right after the metrics line of `iteration` is written."""
+    real = engine.append_metrics
+
+    def append(run: Path, record: dict[str, Any]) -> None:
+        real(run, record)
+        if record.get("iteration") == iteration and "loss" in record:
+            os.kill(os.getpid(), sig)
+
+    monkeypatch.setattr(engine, "append_metrics", append)

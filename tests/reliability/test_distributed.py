@@ -1,0 +1,197 @@
+"""Several processes (torchrun, gloo on CPU) and the SLURM scripts in examples/.
+
+Two processes share every meta-batch (2 tasks each of 4) and all-reduce their gradients. SIGTERM
+to torchrun stops both at the same iteration (rank 0 checkpoints and reports, rank 1 is silent),
+`--resume auto` under torchrun continues, and the result must match one process with the same
+meta-batch. Tolerance: 1e-6 absolute on every weight (outer SGD, β = 0.5, weights move by
+> 1e-3 per checkpoint interval) and 1e-6 relative on the logged losses and accuracies. The
+all-reduce sums per-process means weighted by task count in float64, so the meta-gradient
+differs from the single process's sequential float32 sum only by rounding (≈1e-7 relative).
+The test uses outer SGD because Adam's first steps are ≈ β·sign(g): a gradient component that
+is zero up to rounding can take either sign, so with Adam weights may differ by up to 2β per
+step in such components (measured: 1.6e-3 after 4 steps at β = 1e-3, losses still equal to 1e-7).
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import typer
+from test_cli import REPO, load_pt, ok, only_child, read_metrics, tiny
+from torch.distributed.run import get_args_parser
+
+from metafew.cli import app
+from metafew.config import load_config
+from metafew.distributed import ProcessGroup, Solo, requeue_slurm_job
+from metafew.errors import EXIT_CODES
+
+DDP_ARGS = ["train.meta_batch_size=4", "train.optimizer=sgd", "train.outer_lr=0.5", "train.val_every=3"]
+
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+"""`torchrun --standalone --nproc-per-node 2` (a free port; gloo on CPU)."""
+
+
+def preempt(runs_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """Start `torchrun ... -m metafew ARGS` and send torchrun SIGTERM (as SLURM does) once two
+    iterations are logged; torchrun passes it on to both processes."""
+    proc = subprocess.Popen(
+        [*TORCHRUN, "-m", "metafew", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        while proc.poll() is None:
+            logged = list(runs_dir.glob("*/metrics.jsonl"))
+            if logged and sum('"loss"' in line for line in logged[0].read_text().splitlines()) >= 2:
+                proc.send_signal(signal.SIGTERM)
+                break
+            time.sleep(0.05)
+        stdout, stderr = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
+
+
+@pytest.mark.fault
+def test_two_processes_stop_together_resume_and_match_one(tmp_path: Path) -> None:
+    single_dir, ddp_dir = tmp_path / "single", tmp_path / "ddp"
+    stopped = preempt(ddp_dir, "train", *tiny(ddp_dir, *DDP_ARGS, "train.iterations=5000"))
+    assert stopped.stdout.count("run folder:") == 1  # rank 1 is silent
+    said = [line for line in stopped.stderr.splitlines() if "stopped after iteration" in line]
+    assert len(said) == 1 and said[0].startswith("error: stopped after iteration"), stopped.stderr
+    run = only_child(ddp_dir)
+    done = load_pt(run / "checkpoints" / "last.pt")["iteration"]
+    assert f"stopped after iteration {done} " in said[0] and 2 <= done < 5000
+    assert [r["iteration"] for r in read_metrics(run) if "loss" in r] == list(range(1, done + 1))
+
+    # the requeued job runs the same command (with fewer iterations, to keep the test short)
+    final = f"train.iterations={done + 2}"
+    resumed = subprocess.run(
+        [*TORCHRUN, "-m", "metafew", "train", "--resume", "auto", *tiny(ddp_dir, *DDP_ARGS, final)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"--resume auto: continuing {run}" in resumed.stderr and "error" not in resumed.stderr
+    assert only_child(ddp_dir) == run
+
+    ok("train", *tiny(single_dir, *DDP_ARGS, final))
+    a = load_pt(only_child(single_dir) / "checkpoints" / "last.pt")
+    b = load_pt(run / "checkpoints" / "last.pt")
+    assert a["iteration"] == b["iteration"] == done + 2
+    for key in a["params"]:
+        torch.testing.assert_close(b["params"][key], a["params"][key], atol=1e-6, rtol=0)
+    before = load_pt(only_child(single_dir) / "checkpoints" / "last.prev.pt")
+    moved = max(float((a["params"][k] - before["params"][k]).abs().max()) for k in a["params"])
+    assert before["iteration"] < a["iteration"] and moved > 1e-3  # the comparison is not vacuous
+    mine, theirs = read_metrics(only_child(single_dir)), read_metrics(run)
+    assert [r["iteration"] for r in mine] == [r["iteration"] for r in theirs]
+    for x, y in zip(mine, theirs):
+        for key in ("loss", "accuracy", "val_accuracy"):
+            if key in x:
+                assert y[key] == pytest.approx(x[key], rel=1e-6, abs=1e-7), (key, x, y)
+
+
+class _Ranks(ProcessGroup):
+    """ProcessGroup's arithmetic without a process group."""
+
+    def __init__(self, rank: int, world_size: int) -> None:
+        self.rank, self.world_size, self.is_main = rank, world_size, rank == 0
+
+
+@pytest.mark.parametrize(("tasks", "world"), [(4, 2), (5, 2), (7, 3), (3, 3), (16, 8)])
+def test_every_task_of_a_meta_batch_has_exactly_one_process(tasks: int, world: int) -> None:
+    shares = [list(_Ranks(r, world).share(10 * tasks, tasks)) for r in range(world)]
+    assert [i for share in shares for i in share] == list(range(10 * tasks, 11 * tasks))
+    assert max(map(len, shares)) - min(map(len, shares)) <= 1
+    assert list(Solo().share(10 * tasks, tasks)) == list(range(10 * tasks, 11 * tasks))
+
+
+def test_fewer_tasks_than_processes_is_a_config_error() -> None:
+    with pytest.raises(Exception, match=r"train.meta_batch_size = 2 .* 4 processes") as info:
+        _Ranks(1, 4).share(0, 2)
+    assert getattr(info.value, "exit_code", None) == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# examples/*.sbatch
+
+
+def launch_line(script: Path) -> str:
+    """The torchrun command of a batch script, continuation lines joined, without `&`."""
+    text = script.read_text(encoding="utf-8").replace("\\\n", " ")
+    (line,) = [ln for ln in text.splitlines() if "torchrun" in ln and not ln.lstrip().startswith("#")]
+    return line.strip().removesuffix("&").strip()
+
+
+def expand(line: str) -> list[str]:
+    """The words bash makes of `line`, with typical SLURM variables set."""
+    env = {"SLURM_GPUS_ON_NODE": "4", "SLURM_NNODES": "2", "SLURM_JOB_ID": "77", "head_node": "node01"}
+    out = subprocess.run(
+        ["bash", "-c", f"set -- {line}; printf '%s\\0' \"$@\""],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    )
+    return out.stdout.split("\0")[:-1]
+
+
+@pytest.mark.parametrize("script", sorted((REPO / "examples").glob("*.sbatch")), ids=lambda p: p.name)
+def test_sbatch_example_parses(script: Path) -> None:
+    check = subprocess.run(["bash", "-n", str(script)], capture_output=True, text=True)
+    assert check.returncode == 0, check.stderr
+    words = expand(launch_line(script))
+    words = words[words.index("torchrun") + 1 :]
+    launcher = get_args_parser().parse_args(words)
+    assert launcher.module and launcher.training_script == "metafew"
+    assert launcher.standalone or launcher.rdzv_backend == "c10d"
+    command = typer.main.get_command(app)
+    name, train, rest = command.resolve_command(  # type: ignore[attr-defined]
+        command.context_class(command, info_name="metafew"), list(launcher.training_script_args)
+    )
+    assert name == "train" and train is not None
+    params = train.make_context("train", rest).params  # unknown or misspelled flags raise here
+    assert params["resume"] == "auto" and params["requeue"] is True
+    cfg = load_config(REPO / params["config"], params["overrides"])
+    assert cfg.train.meta_batch_size % int(launcher.nproc_per_node) == 0
+    header = script.read_text(encoding="utf-8")
+    assert re.search(r"^#SBATCH --requeue$", header, re.M) and re.search(r"^#SBATCH --signal=", header, re.M)
+
+
+def test_sbatch_examples_exist() -> None:
+    assert {p.name for p in (REPO / "examples").glob("*.sbatch")} == {
+        "slurm_single_node.sbatch",
+        "slurm_multi_node.sbatch",
+    }
+
+
+def test_torchrun_flags_reach_train_help() -> None:
+    text = ok("train", "--help", env={"COLUMNS": "200"}).stdout
+    for flag in ("--resume", "--requeue", "--no-requeue"):
+        assert flag in text
+
+
+def test_requeue_outside_slurm_or_without_scontrol(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    assert requeue_slurm_job() == "not requeued: SLURM_JOB_ID is not set (not a SLURM job)"
+    monkeypatch.setenv("SLURM_JOB_ID", "7")
+    monkeypatch.setenv("PATH", str(tmp_path))  # no scontrol anywhere
+    outcome = requeue_slurm_job()
+    assert outcome.startswith("requeue of SLURM job 7 failed:") and "scontrol" in outcome
+
+
+def test_readme_documents_every_exit_code() -> None:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    section = readme.split("\n## Exit codes\n", 1)[1].split("\n## ", 1)[0]
+    rows = re.findall(r"^\| (\d+) \| (.+) \|$", section, re.M)
+    assert {int(code): meaning for code, meaning in rows} == EXIT_CODES
