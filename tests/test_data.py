@@ -429,7 +429,9 @@ def test_load_folder_dataset_without_novel(tmp_path: Path) -> None:
 
 
 def test_load_data_dispatches_folder(folder_dataset: Path) -> None:
-    cfg = load_config(None, ["data.dataset=folder", f"data.root={folder_dataset}", "data.image_size=8"])
+    cfg = load_config(
+        None, ["data.dataset=folder", f"data.root={folder_dataset}", "data.image_size=8", "model.layers=3"]
+    )
     data = load_data(cfg.data)
     assert data.meta_train.images.shape == (32, 1, 8, 8)
 
