@@ -16,7 +16,15 @@ import statistics
 import subprocess
 import sys
 
-MODES = {"loop": ("loop", 0), "vmap": ("vmap", 0), "vmap chunk 2": ("vmap", 2)}
+MODES = {
+    "loop": ("loop", 0),
+    "vmap": ("vmap", 0),
+    "vmap chunk 2": ("vmap", 2),
+    "fused": ("fused", 0),
+    "default": ("auto", 0),
+}
+"""mode: (train.batching, train.chunk_size), with train.max_memory=0 (no split), and the default
+config (`auto` with the default train.max_memory)."""
 
 CHILD = r"""
 import json, resource, sys, time, torch
@@ -30,6 +38,8 @@ if malloc == "tuned":
     tune_allocator()
 cfg = Config()
 cfg.train.batching, cfg.train.chunk_size, cfg.task.queries = batching, chunk, queries
+if batching != "auto":
+    cfg.train.max_memory = 0
 data = load_data(cfg.data)
 sampler = EpisodeSampler(data.meta_train, 5, 5, queries, 0)
 learner = build_learner(cfg, torch.device("cpu"), len(data.meta_train.classes))

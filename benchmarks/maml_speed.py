@@ -16,9 +16,10 @@ learner built from a Config as the engine builds it, then the engine's optimizer
 learn2learn (clone/adapt loop) and higher (innerloop_ctx) run in the peers' venv
 (`--peers-python` or $METAFEW_PEERS_PYTHON; install with `bash benchmarks/install_peers.sh`) on
 an nn.Module with the same parameter names, started from the same initial weights.
-`metafew 256 MB` is the default path with train.max_memory=256, which splits the meta-batch into
-calls of as many tasks as fit. Each child also writes its float32 meta-gradient of one fixed
-meta-batch; the parent compares it with a float64 reference (a per-task autograd loop).
+`metafew` is the default config (batching auto, train.max_memory 256 MB per call, which splits
+the meta-batch into calls of as many tasks as fit); `metafew no limit` sets train.max_memory=0.
+Each child also writes its float32 meta-gradient of one fixed meta-batch; the parent compares
+it with a float64 reference (a per-task autograd loop).
 
 Sections: `second` (second-order MAML), `first` (first-order MAML and Reptile against learn2learn
 first order), `eval` (600 test episodes, 10 inner steps, no second-order graph) and `sampling`
@@ -154,7 +155,7 @@ def peer_runner(impl: str, first_order: bool, init: dict):
 
 
 def metafew_config(
-    algorithm: str, queries: int, batching: str, first_order: bool = False, max_memory: int = 0
+    algorithm: str, queries: int, batching: str, first_order: bool = False, max_memory: int | None = None
 ):
     """The workload as a metafew Config (configs/omniglot_5w1s.yaml's settings, meta-batch 32)."""
     from metafew.config import Config
@@ -166,7 +167,9 @@ def metafew_config(
     cfg.algorithm.first_order = first_order
     cfg.algorithm.eval_inner_steps = EVAL_STEPS
     cfg.train.batching, cfg.train.meta_batch_size, cfg.train.outer_lr = batching, META_BATCH, BETA
-    cfg.train.device, cfg.train.max_memory = DEVICE, max_memory
+    cfg.train.device = DEVICE
+    if max_memory is not None:  # else the default train.max_memory
+        cfg.train.max_memory = max_memory
     if algorithm == "reptile":  # one SGD step on the support set, plain SGD on θ − mean φ
         cfg.algorithm.reptile.inner_optimizer, cfg.algorithm.reptile.use_query = "sgd", False
         cfg.algorithm.reptile.inner_batch_size = 0
@@ -175,7 +178,7 @@ def metafew_config(
 
 
 def metafew_runner(
-    algorithm: str, batching: str, first_order: bool, queries: int, init: dict, max_memory: int = 0
+    algorithm: str, batching: str, first_order: bool, queries: int, init: dict, max_memory: int | None = None
 ):
     from metafew.engine import build_learner, build_optimizer, tune_allocator
     from metafew.tasks import Episode
@@ -223,7 +226,7 @@ def metafew_evaluate(learner, episodes: int, queries: int) -> None:
 IMPLS = {
     # name: (runs in, algorithm, batching, first order)
     "metafew": ("metafew", "maml", "auto", False),
-    "metafew 256 MB": ("metafew", "maml", "auto", False),
+    "metafew no limit": ("metafew", "maml", "auto", False),  # train.max_memory=0
     "metafew vmap": ("metafew", "maml", "vmap", False),
     "metafew loop": ("metafew", "maml", "loop", False),
     "learn2learn": ("peer", "learn2learn", "", False),
@@ -235,7 +238,7 @@ IMPLS = {
     "learn2learn eval": ("peer", "learn2learn", "", True),
 }
 SECTIONS = {
-    "second": ["metafew", "metafew 256 MB", "metafew vmap", "learn2learn", "higher"],
+    "second": ["metafew", "metafew no limit", "metafew vmap", "learn2learn", "higher"],
     "first": ["metafew FO", "metafew Reptile", "learn2learn FO"],
     "eval": ["metafew eval", "learn2learn eval"],
     "device": ["metafew", "metafew vmap", "metafew loop"],  # for --device cuda: no peers
@@ -247,7 +250,7 @@ def child(impl: str, queries: int, steps: int, workdir: Path) -> dict:
     where, algorithm, batching, first_order = IMPLS[impl]
     init = torch.load(workdir / "init.pt", weights_only=True)
     if where == "metafew":
-        budget = int(impl.split()[1]) if impl.endswith(" MB") else 0  # train.max_memory
+        budget = 0 if impl.endswith("no limit") else None  # train.max_memory: 0 or the default
         gradients, step, model = metafew_runner(algorithm, batching, first_order, queries, init, budget)
     else:
         gradients, step, model = peer_runner(algorithm, first_order, init)

@@ -268,7 +268,9 @@ class TrainConfig:
     )
     chunk_size: int = param(0, "tasks per vmap or fused call (0: the whole meta-batch)", ge=0)
     max_memory: int = param(
-        0, "MB the tasks of one vmap/fused call may use; splits the meta-batch (0: no limit)", ge=0
+        256,
+        "MB the tasks of one vmap/fused call may use (estimated); splits the meta-batch (0: no limit)",
+        ge=0,
     )
     val_every: int = param(100, "validate every this many iterations (0: never)", ge=0)
     val_episodes: int = param(100, "episodes per validation", ge=1)
