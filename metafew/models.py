@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.grad import conv2d_input, conv2d_weight
 
-from metafew.config import ModelConfig
+from metafew.config import ModelConfig, downsampled_size
 from metafew.errors import ConfigError
 
 NormStats = list[tuple[torch.Tensor, torch.Tensor]]
@@ -142,10 +142,7 @@ def activation_elements(model: Conv4, pictures: int, image_size: int) -> int:
 
 def build_model(cfg: ModelConfig, in_channels: int, image_size: int, ways: int) -> Conv4:
     """The backbone `cfg.name` for inputs [N, in_channels, image_size, image_size]."""
-    size = image_size
-    for _ in range(cfg.layers):
-        size = (size + 1) // 2 if cfg.pool == "stride" else size // 2
-    if size < 1:
+    if downsampled_size(image_size, cfg.layers, cfg.pool) < 1:  # also refused at config load
         raise ConfigError(
             f"model.layers = {cfg.layers}: data.image_size = {image_size} is too small for that many "
             "downsampling blocks; use fewer layers or larger images"
