@@ -17,7 +17,9 @@ class Episode:
 
     support_x: [ways*shots, C, H, W] float; support_y: [ways*shots] int64;
     query_x: [ways*queries, C, H, W] float; query_y: [ways*queries] int64;
-    classes: [ways] indices of the drawn classes in the source dataset.
+    classes: [ways] indices of the drawn classes in the source dataset; index: the episode's
+    position in its sampler's stream (-1 when it comes from elsewhere), so that what an algorithm
+    draws for a task can depend on the task itself, not on where a process's share begins.
     """
 
     support_x: torch.Tensor
@@ -25,11 +27,12 @@ class Episode:
     query_x: torch.Tensor
     query_y: torch.Tensor
     classes: torch.Tensor
+    index: int = -1
 
     def to(self, device: torch.device | str) -> Episode:
         """The same episode on `device`."""
         sx, sy, qx, qy = (t.to(device, non_blocking=True) for t in self.as_tuple())
-        return Episode(sx, sy, qx, qy, self.classes)
+        return Episode(sx, sy, qx, qy, self.classes, self.index)
 
     def as_tuple(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """(support_x, support_y, query_x, query_y)."""
@@ -99,6 +102,7 @@ class EpisodeSampler:
             query_x=to_float(images[torch.from_numpy(query.reshape(-1))]),
             query_y=torch.arange(self.ways).repeat_interleave(self.queries),
             classes=torch.from_numpy(classes),
+            index=i,
         )
 
     def batch(self, iteration: int, size: int) -> list[Episode]:

@@ -13,9 +13,11 @@ as a gradient, an option the paper mentions after Algorithm 1.
 
 Mini-batches cycle through shuffled copies of the task's pictures (a fresh permutation each pass,
 batches may span two passes), as `_mini_batches` in the authors' code (openai/supervised-reptile).
-The order of task i of iteration t is a function of (train.seed, t, i) only, so a resumed run is
-identical. The inner Adam uses β1 = 0, β2 = 0.999, eps = 1e-8 as the authors' code (eps placed as
-torch.optim.Adam places it). Unlike that code, whose Adam moments persist across tasks, every
+The order of task i of iteration t is a function of (train.seed, t, i) only, i being the task's
+index in the episode stream, so a resumed run is identical and a torchrun job, whose processes
+each take a share of the meta-batch, draws the same orders as one process. The inner Adam uses
+β1 = 0, β2 = 0.999, eps = 1e-8 as the authors' code (eps placed as torch.optim.Adam places it).
+Unlike that code, whose Adam moments persist across tasks, every
 task starts from fresh Adam state, so that adaptation stays a pure function of θ and the task.
 
 At test time `adapt` runs the same inner loop on the support set (all of it each step when it is
@@ -178,7 +180,12 @@ class Reptile:
         """Pseudo-gradient θ − (1/T) Σ_i φ_i over the T `episodes`, with each task's query loss and
         accuracy after adaptation ([T] each)."""
         theta = detach(model_params(params))
-        batches = [self.task_batches(ep, iteration, i) for i, ep in enumerate(episodes)]
+        # a sampled task is known by its stream index, so every process of a torchrun job draws
+        # the orders a single process would; hand-made episodes (index -1) by their position
+        batches = [
+            self.task_batches(ep, iteration, ep.index if ep.index >= 0 else i)
+            for i, ep in enumerate(episodes)
+        ]
         with torch.no_grad():  # no outer graph: nothing differentiates through the inner loop
             total, losses, accuracies = self.adapt_tasks(theta, episodes, batches)
         mean_phi = {k: v / len(episodes) for k, v in total.items()}

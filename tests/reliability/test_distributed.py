@@ -101,6 +101,28 @@ def test_two_processes_stop_together_resume_and_match_one(tmp_path: Path) -> Non
                 assert y[key] == pytest.approx(x[key], rel=1e-6, abs=1e-7), (key, x, y)
 
 
+@pytest.mark.fault
+def test_reptile_under_two_processes_matches_one(tmp_path: Path) -> None:
+    """Reptile's inner mini-batch orders follow each task's stream index, not its position in a
+    process's share, so two processes draw what one would (same tolerance as above; drawn by
+    position the weights differed by 0.14). Inner SGD: an inner Adam, like the outer one above,
+    turns rounding-level gradient differences into steps of ±α (measured 1.8e-5 here)."""
+    args = [*DDP_ARGS, "algorithm.name=reptile", "algorithm.inner_steps=3", "train.iterations=3"]
+    args += ["algorithm.reptile.inner_batch_size=4", "algorithm.reptile.inner_optimizer=sgd"]
+    done = subprocess.run(
+        [*TORCHRUN, "-m", "metafew", "train", *tiny(tmp_path / "ddp", *args)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    ok("train", *tiny(tmp_path / "single", *args))
+    a = load_pt(only_child(tmp_path / "single") / "checkpoints" / "last.pt")["params"]
+    b = load_pt(only_child(tmp_path / "ddp") / "checkpoints" / "last.pt")["params"]
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=0)
+
+
 class _Ranks(ProcessGroup):
     """ProcessGroup's arithmetic without a process group."""
 
