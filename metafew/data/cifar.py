@@ -43,7 +43,7 @@ from PIL import Image
 
 from metafew.config import DataConfig
 from metafew.data.base import Dataset, FewShotData, LabeledImages, Splits, split_novel
-from metafew.data.download import Progress, RemoteFile, download, verify
+from metafew.data.download import Progress, RemoteFile, dataset_root, download, verify
 from metafew.data.safe_pickle import load_pickle
 from metafew.errors import DataError
 
@@ -109,14 +109,7 @@ class Cifar100:
 
 def _root(cfg: DataConfig) -> Path:
     where = f"{ARCHIVE.name} (from {PAGE}) or its extracted folder {FOLDER}/"
-    if not cfg.root:
-        raise DataError(f"data.root is not set: point it at the folder holding {where}, e.g. data.root=cifar")
-    root = Path(cfg.root)
-    if cfg.download:
-        root.mkdir(parents=True, exist_ok=True)
-    if not root.is_dir():
-        raise DataError(f"data.root {str(root)!r} does not exist: make it a folder holding {where}")
-    return root
+    return dataset_root(cfg.root, cfg.download, where, "cifar")
 
 
 def find_sources(cfg: DataConfig, progress: Progress | None = None) -> list[Path]:

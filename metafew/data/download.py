@@ -201,6 +201,21 @@ def describe_sources(paths: Sequence[Path]) -> list[dict[str, Any]]:
     return described
 
 
+def dataset_root(root: str | None, create: bool, holds: str, example: str) -> Path:
+    """`data.root` as an existing folder (made when `create`, i.e. downloads are allowed); the
+    errors say what it should hold (`holds`) and give `data.root=<example>`."""
+    if not root:
+        raise DataError(
+            f"data.root is not set: point it at a folder holding {holds}, e.g. data.root={example}"
+        )
+    path = Path(root)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    if not path.is_dir():
+        raise DataError(f"data.root {str(path)!r} does not exist: make it a folder holding {holds}")
+    return path
+
+
 def ensure_files(
     remotes: Sequence[RemoteFile],
     folder: Path,

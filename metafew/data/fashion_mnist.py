@@ -43,7 +43,7 @@ from PIL import Image
 
 from metafew.config import FASHION_MNIST_CLASSES, DataConfig, comma_list
 from metafew.data.base import Dataset, FewShotData, LabeledImages, Splits, split_novel
-from metafew.data.download import Progress, RemoteFile, download, looks_like_html
+from metafew.data.download import Progress, RemoteFile, dataset_root, download, looks_like_html
 from metafew.errors import DataError
 
 PAGE = "https://github.com/zalandoresearch/fashion-mnist"
@@ -98,14 +98,7 @@ def _root(cfg: DataConfig) -> Path:
             "dataset-fashion-mnist, or point data.root at a folder for the four IDX files "
             f"(train-images-idx3-ubyte.gz, ... from {PAGE}) and add data.download=true to fetch them"
         )
-    root = Path(cfg.root)
-    if cfg.download:
-        root.mkdir(parents=True, exist_ok=True)
-    if not root.is_dir():
-        raise DataError(
-            f"data.root {str(root)!r} does not exist: make it a folder holding the Fashion-MNIST files"
-        )
-    return root
+    return dataset_root(cfg.root, cfg.download, "the Fashion-MNIST IDX files", "fashion-mnist")
 
 
 def read_file(path: Path) -> bytes:

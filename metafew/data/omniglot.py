@@ -51,7 +51,7 @@ from PIL import Image
 
 from metafew.config import DataConfig, OmniglotConfig, comma_list
 from metafew.data.base import Dataset, FewShotData, LabeledImages, Splits, split_novel
-from metafew.data.download import Progress, RemoteFile, download, verify
+from metafew.data.download import Progress, RemoteFile, dataset_root, download, verify
 from metafew.data.folder import decode_image
 from metafew.errors import ConfigError, DataError
 
@@ -254,16 +254,7 @@ def _channels(images: torch.Tensor, channels: int) -> torch.Tensor:
 
 def _root(cfg: DataConfig) -> Path:
     where = f"the Omniglot zips (images_background.zip, images_evaluation.zip, ... from {DOWNLOAD_PAGE})"
-    if not cfg.root:
-        raise DataError(
-            f"data.root is not set: point it at a folder holding {where}, e.g. data.root=omniglot"
-        )
-    root = Path(cfg.root)
-    if cfg.download:
-        root.mkdir(parents=True, exist_ok=True)
-    if not root.is_dir():
-        raise DataError(f"data.root {str(root)!r} does not exist: make it a folder holding {where}")
-    return root
+    return dataset_root(cfg.root, cfg.download, where, "omniglot")
 
 
 def _labeled(chars: list[Character], pictures: Catalog, size: int, channels: int) -> LabeledImages:
