@@ -154,10 +154,39 @@ def build_model(cfg: ModelConfig, in_channels: int, image_size: int, ways: int) 
 # many tasks in one pass, without vmap
 
 
+class _TaskStats(torch.autograd.Function):
+    """(biased variance, mean) of x [N, T, C, H, W] over (N, H, W): [1, T, C, 1, 1] each.
+
+    The same values and derivatives as `torch.var_mean(x, (0, 3, 4), correction=0)`, but
+    reduced in two contiguous stages ((H, W), then N), 4-7x faster on CPU than var_mean's
+    reduction over strided dims. The backward, ∂x = (∂mean + 2 ∂var (x − mean)) / M, is made of
+    differentiable ops, so second-order MAML differentiates through it."""
+
+    @staticmethod
+    def forward(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = x.mean(dim=(3, 4), keepdim=True).mean(dim=0, keepdim=True)
+        var = (x - mean).square_().mean(dim=(3, 4), keepdim=True).mean(dim=0, keepdim=True)
+        return var, mean
+
+    @staticmethod
+    def setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
+        ctx.save_for_backward(inputs[0], output[1])
+
+    @staticmethod
+    def backward(ctx: Any, grad_var: torch.Tensor | None, grad_mean: torch.Tensor | None) -> torch.Tensor:
+        x, mean = ctx.saved_tensors
+        size = x.shape[0] * x.shape[3] * x.shape[4]
+        grad = None if grad_mean is None else (grad_mean / size).expand_as(x)
+        if grad_var is not None:
+            centred = (x - mean) * (grad_var * (2 / size))
+            grad = centred if grad is None else centred + grad
+        return grad
+
+
 def _task_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: float) -> torch.Tensor:
     """BatchNorm of x [N, T, C, H, W] with each task's own batch statistics (over N, H, W);
     weight, bias: [C] (shared) or [T, C] (per task)."""
-    var, mean = torch.var_mean(x, dim=(0, 3, 4), correction=0, keepdim=True)
+    var, mean = _TaskStats.apply(x)
     scale = weight.view(1, -1, x.shape[2], 1, 1) * torch.rsqrt(var + eps)
     return torch.addcmul(bias.view(1, -1, x.shape[2], 1, 1) - mean * scale, x, scale)
 

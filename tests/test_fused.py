@@ -14,7 +14,7 @@ from metafew.algorithms import MAML
 from metafew.algorithms.base import resolve_batching
 from metafew.config import AlgorithmConfig, MAMLConfig
 from metafew.functional import make_forward, task_forward
-from metafew.models import _SharedWeightConv, _task_conv, task_batched_forward
+from metafew.models import _SharedWeightConv, _task_conv, _TaskStats, task_batched_forward
 from metafew.tasks import stack_episodes
 
 TASKS = 3
@@ -54,6 +54,22 @@ def test_shared_weight_convolution_backward_is_exact_to_second_order(stride: int
 
     assert gradcheck(shared, (x, weight, bias))
     assert gradgradcheck(shared, (x, weight, bias))
+
+
+@pytest.mark.parametrize("use", ["both", "var", "mean"])
+def test_task_statistics_equal_var_mean_to_second_order(use: str) -> None:
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(3, TASKS, 2, 4, 5, generator=g, dtype=torch.float64, requires_grad=True)
+    var, mean = _TaskStats.apply(x)
+    expected = torch.var_mean(x, dim=(0, 3, 4), correction=0, keepdim=True)
+    torch.testing.assert_close((var, mean), expected, rtol=1e-14, atol=1e-15)
+
+    def stats(x: torch.Tensor) -> torch.Tensor:
+        var, mean = _TaskStats.apply(x)
+        return {"both": var * mean.exp(), "var": var, "mean": mean}[use]
+
+    assert gradcheck(stats, (x,))
+    assert gradgradcheck(stats, (x,))
 
 
 def test_shared_weight_convolution_gives_each_task_its_own_weight_gradient() -> None:
