@@ -305,7 +305,9 @@ class EvalConfig:
         choices=("transductive", "support"),
     )
     checkpoint: str = param("best", "which checkpoint to evaluate", choices=("best", "last"))
-    chunk_size: int = param(4, "test episodes adapted at once under vmap (1: one at a time)", ge=1)
+    chunk_size: int = param(
+        0, "test episodes adapted at once (0: auto, 4 to 16 within train.max_memory; 4 under vmap)", ge=0
+    )
 
 
 @dataclass

@@ -25,7 +25,7 @@ from metafew.config import Config, to_dict
 from metafew.data import FewShotData, LabeledImages, to_float
 from metafew.distributed import Solo
 from metafew.errors import ConfigError, DataError, DivergedError, Interrupted, RunError
-from metafew.functional import Forward, Params, make_forward
+from metafew.functional import Forward, Params, make_forward, task_forward
 from metafew.models import Conv4, NormStats, activation_elements, build_model
 from metafew.plots import plot_learning_curve
 from metafew.runs import append_metrics, read_metrics, save_checkpoint, truncate_metrics
@@ -70,17 +70,48 @@ SAVED_COPIES = 10
 8.5 for Conv-4 at 5-way 1-shot 15 queries (fused, 48 MB per task), rounded up."""
 
 
+EVAL_COPIES = 4
+"""Activation-sized tensors one test episode keeps alive in the task-batched evaluation (no outer
+graph; the query pass runs in place): measured about 4 for Conv-4 at 5-way 1-shot 15 queries."""
+
+VMAP_EVAL_CHUNK = 4
+"""Test episodes per call where evaluation runs under vmap (eval.chunk_size 0): its memory per
+episode is several times the task-batched one's."""
+
+EVAL_CHUNK_MAX = 16
+"""Most test episodes per task-batched call: 16 ran 1.4x faster than 4 on the Omniglot workload
+(BENCHMARKS.md §6); beyond it the speed levels off while memory keeps growing."""
+
+
+def _episode_mb(cfg: Config, model: Conv4, copies: int) -> float:
+    """Estimated MB of `copies` activation-sized tensors for one task of cfg's shape."""
+    pictures = cfg.task.ways * (cfg.task.shots + cfg.task.queries)
+    element = next(model.parameters()).element_size()
+    return activation_elements(model, pictures, cfg.data.image_size) * element * copies / 2**20
+
+
 def budget_chunk_size(cfg: Config, model: nn.Module) -> int:
     """Tasks per vmap/fused call: train.chunk_size, lowered so that one call's estimated
     activations (SAVED_COPIES per task) fit in train.max_memory MB; at least one task."""
     t = cfg.train
     if not t.max_memory or not isinstance(model, Conv4):
         return t.chunk_size
-    pictures = cfg.task.ways * (cfg.task.shots + cfg.task.queries)
-    element = next(model.parameters()).element_size()
-    per_task = activation_elements(model, pictures, cfg.data.image_size) * element * SAVED_COPIES / 2**20
-    fit = max(1, int(t.max_memory // per_task))
+    fit = max(1, int(t.max_memory // _episode_mb(cfg, model, SAVED_COPIES)))
     return min(fit, t.chunk_size) if t.chunk_size else fit
+
+
+def eval_chunk_size(cfg: Config, model: nn.Module, batched: bool) -> int:
+    """Test episodes per task-batched evaluation call: eval.chunk_size, or with 0 (auto) as many
+    as fit in train.max_memory (EVAL_COPIES each), between VMAP_EVAL_CHUNK and EVAL_CHUNK_MAX;
+    VMAP_EVAL_CHUNK where the model has no task-batched form (`batched` False)."""
+    if cfg.eval.chunk_size:
+        return cfg.eval.chunk_size
+    if not batched or not isinstance(model, Conv4):
+        return VMAP_EVAL_CHUNK
+    if not cfg.train.max_memory:
+        return EVAL_CHUNK_MAX
+    fit = int(cfg.train.max_memory // _episode_mb(cfg, model, EVAL_COPIES))
+    return min(max(VMAP_EVAL_CHUNK, fit), EVAL_CHUNK_MAX)
 
 
 @dataclass
@@ -92,6 +123,8 @@ class Learner:
     algorithm: Algorithm
     device: torch.device
     train_classes: int
+    eval_chunk: int = 4
+    """Test episodes per task-batched call in `evaluate` (see eval_chunk_size)."""
 
 
 def build_learner(cfg: Config, device: torch.device, train_classes: int) -> Learner:
@@ -107,7 +140,8 @@ def build_learner(cfg: Config, device: torch.device, train_classes: int) -> Lear
     params: Params = dict(model.named_parameters())
     extra = algorithm.init_meta_params(params)
     params |= {k: nn.Parameter(v.detach().clone()) for k, v in extra.items()}
-    return Learner(forward, params, algorithm, device, train_classes)
+    eval_chunk = eval_chunk_size(cfg, model, task_forward(forward) is not None)
+    return Learner(forward, params, algorithm, device, train_classes, eval_chunk)
 
 
 def load_params(learner: Learner, saved: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
@@ -147,14 +181,15 @@ def evaluate(
     steps: int,
     lr: float | None,
     norm: str,
-    chunk: int = 4,
+    chunk: int | None = None,
 ) -> np.ndarray:
     """Query accuracy of episodes 0..episodes-1 of `sampler`: [episodes] float64; `lr` None
     means the algorithm's own inner step size.
 
     Each episode adapts on its support set and classifies its queries; `chunk` episodes run at
-    once under vmap (no outer graph is kept, so memory stays small). `norm` transductive:
-    BatchNorm uses the query batch's statistics, as in MAML; support: the support set's.
+    once (None or 0: the learner's eval_chunk task-batched, VMAP_EVAL_CHUNK under vmap); no outer
+    graph is kept. `norm` transductive: BatchNorm uses the query batch's statistics, as in MAML;
+    support: the support set's.
     """
 
     def accuracy(
@@ -166,6 +201,7 @@ def evaluate(
 
     # MAML on Conv-4 adapts a chunk in one task-batched pass (no vmap), with batch statistics
     batched = getattr(learner.algorithm, "task_accuracies", None) if norm == "transductive" else None
+    chunk = chunk or (VMAP_EVAL_CHUNK if batched is None else learner.eval_chunk)
     out = []
     with torch.no_grad():  # torch.func.grad still differentiates the inner loop
         for start in range(0, episodes, chunk):
@@ -334,6 +370,7 @@ def _validate(cfg: Config, learner: Learner, sampler: EpisodeSampler) -> tuple[f
         cfg.algorithm.eval_inner_steps,
         None,  # the algorithm's own step size (learned for Meta-SGD and MAML++ LSLR)
         cfg.eval.norm,
+        cfg.eval.chunk_size,
     )
     return confidence_interval(accs)
 

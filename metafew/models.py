@@ -188,7 +188,10 @@ def _task_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, eps: f
     weight, bias: [C] (shared) or [T, C] (per task)."""
     var, mean = _TaskStats.apply(x)
     scale = weight.view(1, -1, x.shape[2], 1, 1) * torch.rsqrt(var + eps)
-    return torch.addcmul(bias.view(1, -1, x.shape[2], 1, 1) - mean * scale, x, scale)
+    shift = bias.view(1, -1, x.shape[2], 1, 1) - mean * scale
+    if not torch.is_grad_enabled():  # evaluation's query pass: no new buffers (nor page faults)
+        return x.mul_(scale).add_(shift)
+    return torch.addcmul(shift, x, scale)
 
 
 class _SharedWeightConv(torch.autograd.Function):
@@ -256,7 +259,8 @@ def task_batched_forward(model: Conv4, params: dict[str, torch.Tensor], x: torch
     for k, block in enumerate(blocks):
         p = f"blocks.{k}."
         x = _task_conv(x, params[p + "conv.weight"], params[p + "conv.bias"], block.stride)
-        x = F.relu(_task_norm(x, params[p + "norm.weight"], params[p + "norm.bias"], block.norm.eps))
+        x = _task_norm(x, params[p + "norm.weight"], params[p + "norm.bias"], block.norm.eps)
+        x = F.relu(x, inplace=not torch.is_grad_enabled())
         if block.stride == 1:
             n, tasks = x.shape[:2]
             x = F.max_pool2d(x.flatten(1, 2), 2)

@@ -42,6 +42,17 @@ def test_task_batched_forward_equals_vmap_of_the_model(pool: str, params_kind: s
     torch.testing.assert_close(out.transpose(0, 1), expected, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("pool", ["max", "stride"])
+def test_task_batched_forward_without_autograd_equals_the_differentiable_one(pool: str) -> None:
+    model = tiny_model(pool=pool)
+    params = _per_task({k: v.detach() for k, v in model.named_parameters()}, 4)
+    x = stack_episodes(random_episodes(TASKS))[0].transpose(0, 1).contiguous()
+    expected = task_batched_forward(model, params, x)
+    with torch.no_grad():  # the in-place BatchNorm and ReLU of evaluation's query pass
+        out = task_batched_forward(model, params, x)
+    torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
+
+
 @pytest.mark.parametrize("stride", [1, 2])
 def test_shared_weight_convolution_backward_is_exact_to_second_order(stride: int) -> None:
     g = torch.Generator().manual_seed(0)

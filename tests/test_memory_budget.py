@@ -6,7 +6,15 @@ import pytest
 import torch
 
 from metafew.config import Config
-from metafew.engine import SAVED_COPIES, budget_chunk_size, build_learner
+from metafew.engine import (
+    EVAL_CHUNK_MAX,
+    EVAL_COPIES,
+    SAVED_COPIES,
+    VMAP_EVAL_CHUNK,
+    budget_chunk_size,
+    build_learner,
+    eval_chunk_size,
+)
 from metafew.models import activation_elements, build_model
 from metafew.tasks import Episode
 
@@ -20,10 +28,10 @@ def _config(batching: str, max_memory: int = 0, chunk_size: int = 0) -> Config:
     return cfg
 
 
-def _per_task_mb(cfg: Config) -> float:
+def _per_task_mb(cfg: Config, copies: int = SAVED_COPIES) -> float:
     model = build_model(cfg.model, cfg.data.channels, cfg.data.image_size, cfg.task.ways)
     pictures = cfg.task.ways * (cfg.task.shots + cfg.task.queries)
-    return activation_elements(model, pictures, cfg.data.image_size) * 4 * SAVED_COPIES / 2**20
+    return activation_elements(model, pictures, cfg.data.image_size) * 4 * copies / 2**20
 
 
 def test_activation_elements_counts_every_convolution_output() -> None:
@@ -42,6 +50,24 @@ def test_budget_sets_the_tasks_per_call_and_never_raises_chunk_size() -> None:
     assert budget_chunk_size(_config("fused", max_memory=budget), model) == int(budget // per_task)
     assert budget_chunk_size(_config("fused", max_memory=budget, chunk_size=2), model) == 2
     assert budget_chunk_size(_config("fused", max_memory=10**6, chunk_size=2), model) == 2
+
+
+def test_evaluation_chunk_follows_the_budget_between_its_bounds() -> None:
+    cfg = _config("fused")
+    cfg.task.queries = 200  # large episodes, so that small budgets bind
+    model = build_model(cfg.model, 1, 28, 5)
+    per_episode = _per_task_mb(cfg, EVAL_COPIES)
+    assert eval_chunk_size(cfg, model, batched=True) == EVAL_CHUNK_MAX  # no budget
+    for episodes in (VMAP_EVAL_CHUNK + 1, EVAL_CHUNK_MAX - 1):
+        cfg.train.max_memory = int(episodes * per_episode) + 1
+        assert eval_chunk_size(cfg, model, batched=True) == episodes
+    cfg.train.max_memory = 1
+    assert eval_chunk_size(cfg, model, batched=True) == VMAP_EVAL_CHUNK  # never below the old default
+    cfg.train.max_memory = 10**6
+    assert eval_chunk_size(cfg, model, batched=True) == EVAL_CHUNK_MAX
+    assert eval_chunk_size(cfg, model, batched=False) == VMAP_EVAL_CHUNK
+    cfg.eval.chunk_size = 3  # an explicit value wins
+    assert eval_chunk_size(cfg, model, batched=True) == eval_chunk_size(cfg, model, batched=False) == 3
 
 
 @pytest.mark.parametrize("batching", ["fused", "vmap"])

@@ -88,8 +88,10 @@ def test_two_processes_stop_together_resume_and_match_one(tmp_path: Path) -> Non
     a = load_pt(only_child(single_dir) / "checkpoints" / "last.pt")
     b = load_pt(run / "checkpoints" / "last.pt")
     assert a["iteration"] == b["iteration"] == done + 2
+    # float32 sums in another order (each rank reduces half the meta-batch) over `done` + 2 SGD
+    # steps of size 0.5: rounding-level differences, far below one step's movement (checked next)
     for key in a["params"]:
-        torch.testing.assert_close(b["params"][key], a["params"][key], atol=1e-6, rtol=0)
+        torch.testing.assert_close(b["params"][key], a["params"][key], atol=1e-5, rtol=0)
     before = load_pt(only_child(single_dir) / "checkpoints" / "last.prev.pt")
     moved = max(float((a["params"][k] - before["params"][k]).abs().max()) for k in a["params"])
     assert before["iteration"] < a["iteration"] and moved > 1e-3  # the comparison is not vacuous
