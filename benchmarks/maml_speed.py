@@ -382,6 +382,7 @@ def sampling_rate(queries: int, seconds: float = 5.0) -> float | None:
         return None
     cfg = metafew_config("maml", queries, "auto")
     cfg.data.dataset, cfg.data.root = "omniglot", str(root)
+    cfg.data.omniglot.split = "alphabets"  # the minimal background zips, as configs/omniglot_5w1s.yaml
     sampler = training_samplers(cfg, load_data(cfg.data))[0]
     count, start, it = 0, time.perf_counter(), 0
     while time.perf_counter() - start < seconds:
