@@ -55,19 +55,23 @@ def second_order(stats: Callable, x: torch.Tensor) -> Callable[[], object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--repeats", type=int, default=15)
     args = parser.parse_args()
     tune_allocator()
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {args.repeats} (ms)")
-    print(f"{'shape':32s} {'forward: var_mean':>18s} {'two-stage':>10s} {'ratio':>6s}   "
-          f"{'2nd order: var_mean':>20s} {'two-stage':>10s} {'ratio':>6s}")
+    print(
+        f"{'shape':32s} {'forward: var_mean':>18s} {'two-stage':>10s} {'ratio':>6s}   "
+        f"{'2nd order: var_mean':>20s} {'two-stage':>10s} {'ratio':>6s}"
+    )
     for name, shape in SHAPES.items():
         x = torch.randn(shape)
         torch.testing.assert_close(two_stage(x), var_mean(x), rtol=1e-5, atol=1e-6)
         with torch.no_grad():
-            fa = median_ms(lambda: var_mean(x), args.repeats)
-            fb = median_ms(lambda: two_stage(x), args.repeats)
+            fa = median_ms(lambda x=x: var_mean(x), args.repeats)
+            fb = median_ms(lambda x=x: two_stage(x), args.repeats)
         xg = x.clone().requires_grad_()
         sa = median_ms(second_order(var_mean, xg), args.repeats)
         sb = median_ms(second_order(two_stage, xg), args.repeats)
