@@ -173,7 +173,9 @@ class _TaskStats(torch.autograd.Function):
         ctx.save_for_backward(inputs[0], output[1])
 
     @staticmethod
-    def backward(ctx: Any, grad_var: torch.Tensor | None, grad_mean: torch.Tensor | None) -> torch.Tensor:
+    def backward(
+        ctx: Any, grad_var: torch.Tensor | None, grad_mean: torch.Tensor | None
+    ) -> torch.Tensor | None:
         x, mean = ctx.saved_tensors
         size = x.shape[0] * x.shape[3] * x.shape[4]
         grad = None if grad_mean is None else (grad_mean / size).expand_as(x)
