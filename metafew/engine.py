@@ -123,7 +123,7 @@ class Learner:
     algorithm: Algorithm
     device: torch.device
     train_classes: int
-    eval_chunk: int = 4
+    eval_chunk: int = VMAP_EVAL_CHUNK
     """Test episodes per task-batched call in `evaluate` (see eval_chunk_size)."""
 
 
