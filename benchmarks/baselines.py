@@ -25,12 +25,15 @@ import torch
 import torch.nn.functional as F
 from torch.func import grad, vmap
 
-from metafew import engine
+from metafew.checkpoints import load_checkpoint
 from metafew.config import Config
 from metafew.data import load_data, to_float
+from metafew.evaluation import confidence_interval, evaluate, finetune, predict_proba, queries_per_class
 from metafew.functional import Params
+from metafew.learner import build_learner, load_params, norm_stats
 from metafew.models import build_model
-from metafew.runs import load_checkpoint, load_run_config
+from metafew.runs import load_run_config
+from metafew.system import tune_allocator
 from metafew.tasks import EpisodeSampler, stack_episodes
 
 
@@ -99,18 +102,18 @@ def main() -> None:
         "--no-maml", action="store_true", help="skip re-evaluating the run (see `metafew eval`)"
     )
     args = parser.parse_args()
-    engine.tune_allocator()
+    tune_allocator()
 
     cfg = load_run_config(args.run)
     data = load_data(cfg.data)
-    learner = engine.build_learner(cfg, torch.device("cpu"), len(data.meta_train.classes))
-    engine.load_params(learner, load_checkpoint(args.run / "checkpoints" / "best.pt")["params"])
-    queries = engine.test_queries(cfg, data.novel)
+    learner = build_learner(cfg, torch.device("cpu"), len(data.meta_train.classes))
+    load_params(learner, load_checkpoint(args.run / "checkpoints" / "best.pt")["params"])
+    queries = queries_per_class(cfg, data.novel)
     sampler = EpisodeSampler(data.novel, cfg.task.ways, cfg.task.shots, queries, cfg.eval.seed, "novel")
     results: dict[str, dict] = {}
 
     def report(name: str, accs: np.ndarray, seconds: float) -> None:
-        mean, ci = engine.confidence_interval(accs)
+        mean, ci = confidence_interval(accs)
         results[name] = {"accuracy": mean, "ci95": ci, "episodes": len(accs), "seconds": seconds}
         print(f"{name:<40} {100 * mean:6.2f} ± {100 * ci:.2f}%   ({seconds:.0f}s)", flush=True)
 
@@ -121,7 +124,7 @@ def main() -> None:
     if not args.no_maml:
         t = time.perf_counter()
         steps, lr = cfg.algorithm.eval_inner_steps, None  # None: the algorithm's own step size
-        accs = engine.evaluate(learner, sampler, args.episodes, steps, lr, cfg.eval.norm, cfg.eval.chunk_size)
+        accs = evaluate(learner, sampler, args.episodes, steps, lr, cfg.eval.norm, cfg.eval.chunk_size)
         report(
             f"MAML ({cfg.algorithm.eval_inner_steps} steps, {cfg.eval.norm} BN)",
             accs,
@@ -152,8 +155,8 @@ def score_unlabeled(cfg, learner, data, args, results: dict) -> None:
     classes = data.novel.classes
     truth = torch.tensor([classes.index(a) for a in data.unlabeled.answers])
     lx, ly, ux = to_float(data.novel.images), data.novel.labels, to_float(data.unlabeled.images)
-    model = engine.finetune(cfg, learner, data.novel)
-    maml = (engine.predict_proba(learner, model, data.unlabeled.images).argmax(-1) == truth).float().mean()
+    model = finetune(cfg, learner, data.novel)
+    maml = (predict_proba(learner, model, data.unlabeled.images).argmax(-1) == truth).float().mean()
     nn = (pixel_nn(lx, ly, ux) == truth).float().mean()
     print(
         f"unlabeled pictures ({len(truth)}): finetune+predict {100 * float(maml):.1f}%, "
@@ -167,7 +170,7 @@ def score_unlabeled(cfg, learner, data, args, results: dict) -> None:
             with torch.no_grad():
                 params = train_scratch(learner.forward, params, lx[None], ly[None], args.scratch_steps, lr)
                 single = {k: v[0] for k, v in params.items()}
-                stats = engine.norm_stats(learner, single, lx)
+                stats = norm_stats(learner, single, lx)
                 accs.append(float((learner.forward(single, ux, stats).argmax(-1) == truth).float().mean()))
         print(f"  Conv-4 from scratch (Adam {lr:g}): {100 * np.mean(accs):.1f}% (mean of 5 inits)")
         results["unlabeled"][f"scratch_adam_{lr:g}"] = float(np.mean(accs))

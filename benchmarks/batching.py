@@ -23,8 +23,8 @@ MODES = {
     "fused": ("fused", 0),
     "default": ("auto", 0),
 }
-"""mode: (train.batching, train.chunk_size), with train.max_memory=0 (no split), and the default
-config (`auto` with the default train.max_memory)."""
+"""mode: (runtime.batching, runtime.chunk_size), with runtime.max_memory=0 (no split), and the default
+config (`auto` with the default runtime.max_memory)."""
 
 CHILD = r"""
 import json, resource, sys, time, torch
@@ -37,9 +37,9 @@ chunk, queries, steps = (int(a) for a in sys.argv[2:5])
 if malloc == "tuned":
     tune_allocator()
 cfg = Config()
-cfg.train.batching, cfg.train.chunk_size, cfg.task.queries = batching, chunk, queries
+cfg.runtime.batching, cfg.runtime.chunk_size, cfg.task.queries = batching, chunk, queries
 if batching != "auto":
-    cfg.train.max_memory = 0
+    cfg.runtime.max_memory = 0
 data = load_data(cfg.data)
 sampler = EpisodeSampler(data.meta_train, 5, 5, queries, 0)
 learner = build_learner(cfg, torch.device("cpu"), len(data.meta_train.classes))

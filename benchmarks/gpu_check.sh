@@ -33,7 +33,7 @@ import torch
 root, out = sys.argv[1], Path(sys.argv[2])
 runs = out / "runs"
 cmd = [sys.executable, "-m", "metafew", "train", "--config", "configs/omniglot_5w1s.yaml",
-       f"data.root={root}", "train.iterations=300", "train.device=cuda", "train.meta_batch_size=32",
+       f"data.root={root}", "train.iterations=300", "runtime.device=cuda", "train.meta_batch_size=32",
        "train.val_every=0", "train.log_every=10", f"train.runs_dir={runs}"]
 print(" ".join(cmd), flush=True)
 start = time.perf_counter()
@@ -52,11 +52,12 @@ from pathlib import Path
 
 import torch
 
-from metafew.config import load_config
+from metafew.config.load import load_config
 from metafew.data import load_data
-from metafew.engine import build_learner, build_optimizer, training_samplers
+from metafew.engine import build_optimizer, training_samplers
+from metafew.learner import build_learner
 
-cfg = load_config(Path("configs/omniglot_5w1s.yaml"), [f"data.root={sys.argv[1]}", "train.device=cuda",
+cfg = load_config(Path("configs/omniglot_5w1s.yaml"), [f"data.root={sys.argv[1]}", "runtime.device=cuda",
                                                    "train.meta_batch_size=32"])
 data = load_data(cfg.data)
 learner = build_learner(cfg, torch.device("cuda"), len(data.meta_train.classes))

@@ -16,8 +16,8 @@ learner built from a Config as the engine builds it, then the engine's optimizer
 learn2learn (clone/adapt loop) and higher (innerloop_ctx) run in the peers' venv
 (`--peers-python` or $METAFEW_PEERS_PYTHON; install with `bash benchmarks/install_peers.sh`) on
 an nn.Module with the same parameter names, started from the same initial weights.
-`metafew` is the default config (batching auto, train.max_memory 256 MB per call, which splits
-the meta-batch into calls of as many tasks as fit); `metafew no limit` sets train.max_memory=0.
+`metafew` is the default config (batching auto, runtime.max_memory 256 MB per call, which splits
+the meta-batch into calls of as many tasks as fit); `metafew no limit` sets runtime.max_memory=0.
 Each child also writes its float32 meta-gradient of one fixed meta-batch; the parent compares
 it with a float64 reference (a per-task autograd loop).
 
@@ -166,10 +166,10 @@ def metafew_config(
     cfg.algorithm.name, cfg.algorithm.inner_lr, cfg.algorithm.inner_steps = algorithm, ALPHA, 1
     cfg.algorithm.first_order = first_order
     cfg.algorithm.eval_inner_steps = EVAL_STEPS
-    cfg.train.batching, cfg.train.meta_batch_size, cfg.train.outer_lr = batching, META_BATCH, BETA
-    cfg.train.device = DEVICE
-    if max_memory is not None:  # else the default train.max_memory
-        cfg.train.max_memory = max_memory
+    cfg.runtime.batching, cfg.train.meta_batch_size, cfg.train.outer_lr = batching, META_BATCH, BETA
+    cfg.runtime.device = DEVICE
+    if max_memory is not None:  # else the default runtime.max_memory
+        cfg.runtime.max_memory = max_memory
     if algorithm == "reptile":  # one SGD step on the support set, plain SGD on θ − mean φ
         cfg.algorithm.reptile.inner_optimizer, cfg.algorithm.reptile.use_query = "sgd", False
         cfg.algorithm.reptile.inner_batch_size = 0
@@ -180,12 +180,14 @@ def metafew_config(
 def metafew_runner(
     algorithm: str, batching: str, first_order: bool, queries: int, init: dict, max_memory: int | None = None
 ):
-    from metafew.engine import build_learner, build_optimizer, tune_allocator
+    from metafew.engine import build_optimizer
+    from metafew.learner import build_learner
+    from metafew.system import tune_allocator
     from metafew.tasks import Episode
 
     tune_allocator()
     cfg = metafew_config(algorithm, queries, batching, first_order, max_memory)
-    learner = build_learner(cfg, torch.device(cfg.train.device), 100)
+    learner = build_learner(cfg, torch.device(cfg.runtime.device), 100)
     with torch.no_grad():
         for k, p in learner.params.items():
             p.copy_(init[k])
@@ -210,8 +212,8 @@ def metafew_runner(
 
 
 def metafew_evaluate(learner, episodes: int, queries: int) -> None:
-    """engine.evaluate on the benchmark's episodes, eval.chunk_size's default of 4 per call."""
-    from metafew.engine import evaluate
+    """evaluate on the benchmark's episodes, eval.chunk_size's default of 4 per call."""
+    from metafew.evaluation import evaluate
 
     class Sampler:  # the benchmark's seeded noise episodes in EpisodeSampler's interface
         def episode(self, i: int):
@@ -226,7 +228,7 @@ def metafew_evaluate(learner, episodes: int, queries: int) -> None:
 IMPLS = {
     # name: (runs in, algorithm, batching, first order)
     "metafew": ("metafew", "maml", "auto", False),
-    "metafew no limit": ("metafew", "maml", "auto", False),  # train.max_memory=0
+    "metafew no limit": ("metafew", "maml", "auto", False),  # runtime.max_memory=0
     "metafew vmap": ("metafew", "maml", "vmap", False),
     "metafew loop": ("metafew", "maml", "loop", False),
     "learn2learn": ("peer", "learn2learn", "", False),
@@ -250,7 +252,7 @@ def child(impl: str, queries: int, steps: int, workdir: Path) -> dict:
     where, algorithm, batching, first_order = IMPLS[impl]
     init = torch.load(workdir / "init.pt", weights_only=True)
     if where == "metafew":
-        budget = 0 if impl.endswith("no limit") else None  # train.max_memory: 0 or the default
+        budget = 0 if impl.endswith("no limit") else None  # runtime.max_memory: 0 or the default
         gradients, step, model = metafew_runner(algorithm, batching, first_order, queries, init, budget)
     else:
         gradients, step, model = peer_runner(algorithm, first_order, init)
@@ -305,7 +307,7 @@ def conv_flops_per_task(queries: int, first_order: bool) -> float:
     counted by torch's FlopCounterMode on metafew's per-task loop."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from metafew.engine import build_learner
+    from metafew.learner import build_learner
     from metafew.tasks import Episode
 
     cfg = metafew_config("maml", queries, "loop", first_order)
@@ -346,7 +348,7 @@ def own_peak_mb() -> float:
 def run_child_measured(python: str, impl: str, queries: int, steps: int, workdir: Path) -> dict:
     """One child run: its result and its own peak RSS in MB."""
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    if IMPLS[impl][0] == "peer":  # the malloc tuning metafew applies to itself (engine.tune_allocator)
+    if IMPLS[impl][0] == "peer":  # the malloc tuning metafew applies to itself (tune_allocator)
         env |= {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": "100000000000"}
     cmd = [python, __file__, "--child", impl, str(queries), str(steps), str(workdir)]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
@@ -425,7 +427,7 @@ def main() -> None:
         print(json.dumps(result | {"peak_mb": own_peak_mb()}))
         return
 
-    from metafew.engine import build_learner
+    from metafew.learner import build_learner
 
     peers = peers_available(args.peers_python)
     for name, ok in peers.items():

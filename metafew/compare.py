@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from metafew.errors import MetafewError, RunError
-from metafew.runs import new_folder, write_json, write_text_atomic
+from metafew.files import write_json, write_text_atomic
+from metafew.runs import new_folder
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Several processes training one run (torchrun / torch.distributed), and SLURM requeueing.
 
-The engine sees a `Group` with five operations; `Solo` (one process) makes them identities, so
+The engine sees a `Group` (a Protocol) with five operations; `Solo` (one process) makes them identities, so
 a single-process run does exactly what it did before this module existed. Under torchrun
 (`WORLD_SIZE` > 1 in the environment) `ProcessGroup` wraps torch.distributed:
 
@@ -18,7 +18,7 @@ import os
 import subprocess
 from datetime import timedelta
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.distributed as dist
@@ -28,34 +28,64 @@ from metafew.errors import ConfigError
 Grads = dict[str, torch.Tensor]
 
 
-class Solo:
-    """One process: the whole meta-batch, nothing to exchange."""
+class Group(Protocol):
+    """The processes that train one run together; used as a context manager around the run."""
 
-    rank = 0
-    world_size = 1
-    is_main = True
+    rank: int
+    world_size: int
+    is_main: bool
 
     def place(self, device: torch.device) -> torch.device:
-        """The device this process trains on, given train.device resolved."""
-        return device
+        """The device this process trains on, given runtime.device resolved."""
+        ...
 
     def share(self, first: int, count: int) -> range:
         """Episode indices this process computes out of first .. first+count-1."""
-        return range(first, first + count)
+        ...
 
     def mean_over_tasks(
         self, grads: Grads, losses: torch.Tensor, accuracies: torch.Tensor
     ) -> tuple[Grads, float, float]:
         """(mean gradient, mean loss, mean accuracy) over every task of the meta-batch, given this
         process's mean gradient and its per-task losses and accuracies ([tasks] each)."""
-        return grads, float(losses.mean()), float(accuracies.mean())
+        ...
 
     def any(self, flag: bool) -> bool:
         """Whether `flag` is true on any process (every process gets the same answer)."""
-        return flag
+        ...
 
     def broadcast_text(self, text: str) -> str:
         """Rank 0's `text` on every process."""
+        ...
+
+    def __enter__(self) -> Group: ...
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None: ...
+
+
+class Solo:
+    """One process: the whole meta-batch, nothing to exchange."""
+
+    def __init__(self) -> None:
+        self.rank, self.world_size, self.is_main = 0, 1, True
+
+    def place(self, device: torch.device) -> torch.device:
+        return device
+
+    def share(self, first: int, count: int) -> range:
+        return range(first, first + count)
+
+    def mean_over_tasks(
+        self, grads: Grads, losses: torch.Tensor, accuracies: torch.Tensor
+    ) -> tuple[Grads, float, float]:
+        return grads, float(losses.mean()), float(accuracies.mean())
+
+    def any(self, flag: bool) -> bool:
+        return flag
+
+    def broadcast_text(self, text: str) -> str:
         return text
 
     def __enter__(self) -> Solo:
@@ -67,7 +97,7 @@ class Solo:
         return None
 
 
-class ProcessGroup(Solo):
+class ProcessGroup:
     """One of WORLD_SIZE processes started by torchrun (gloo on CPU, NCCL on CUDA)."""
 
     def __init__(self, backend: str) -> None:
@@ -119,6 +149,9 @@ class ProcessGroup(Solo):
         dist.broadcast(buffer, 0)
         return bytes(buffer.numpy()).decode("utf-8")
 
+    def __enter__(self) -> ProcessGroup:
+        return self
+
     def __exit__(
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
@@ -138,7 +171,7 @@ def check_meta_batch(tasks: int, processes: int) -> None:
         )
 
 
-def join() -> Solo:
+def join() -> Group:
     """The process group this process belongs to: `Solo` unless torchrun started several
     processes (WORLD_SIZE > 1). CPU tensors are exchanged with gloo, CUDA ones with NCCL."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -147,7 +180,7 @@ def join() -> Solo:
     return ProcessGroup("cpu:gloo,cuda:nccl" if nccl else "gloo")
 
 
-def send_plan(group: Solo, plan: dict[str, Any]) -> dict[str, Any]:
+def send_plan(group: Group, plan: dict[str, Any]) -> dict[str, Any]:
     """Rank 0's plan (run folder, config YAML, checkpoint, or an error) on every process."""
     return dict(json.loads(group.broadcast_text(json.dumps(plan) if group.is_main else "")))
 

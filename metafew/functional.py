@@ -3,60 +3,38 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from torch.func import functional_call
-
-from metafew.models import Conv4, NormStats, task_batched_forward
 
 Params = dict[str, torch.Tensor]
-Forward = Callable[..., Any]
-"""forward(params, x [N, C, H, W], norm_stats=None, return_stats=False, embed=False) -> logits
-[N, ways] (features [N, F] when embed; with the NormStats used when return_stats). `params`
-holds model parameters only (see `model_params`)."""
-
-META_PREFIX = "algo."
-"""Keys of meta-learned tensors an algorithm owns (learning rates, per-step BatchNorm, ...)."""
-
 
 TaskForward = Callable[[Params, torch.Tensor], torch.Tensor]
 """tasks(params, x [N, T, C, H, W]) -> logits [N, T, ways]: T tasks in one pass, each with its own
 BatchNorm statistics; a tensor of `params` is shared (the parameter's shape) or per task [T, ...]."""
 
 
-class ModelFunction:
-    """The model as a pure function of its parameters (a `Forward`), and `tasks`, its
-    task-batched form, where the model has one (Conv-4 with a linear head), else None."""
+class Forward(Protocol):
+    """A model as a pure function of its parameters (metafew.models.ModelFunction is one):
+    forward(params, x [N, C, H, W], norm_stats=None, return_stats=False, embed=False) -> logits
+    [N, ways] (features [N, F] when embed; with the NormStats used when return_stats). `params`
+    holds model parameters only (see `model_params`). `tasks` is its task-batched form, or None."""
 
-    def __init__(self, model: nn.Module):
-        self.model = model
-        self.tasks: TaskForward | None = None
-        if isinstance(model, Conv4) and isinstance(model.head, nn.Linear):
-            self.tasks = lambda params, x: task_batched_forward(model, params, x)
+    tasks: TaskForward | None
 
     def __call__(
         self,
         params: Params,
         x: torch.Tensor,
-        norm_stats: NormStats | None = None,
+        norm_stats: Any = None,
         return_stats: bool = False,
         embed: bool = False,
-    ) -> Any:
-        kwargs = {"norm_stats": norm_stats, "return_stats": return_stats, "embed": embed}
-        return functional_call(self.model, params, (x,), kwargs)
+    ) -> Any: ...
 
 
-def make_forward(model: nn.Module) -> Forward:
-    """The model as a pure function of its parameters (with `.tasks`, see ModelFunction)."""
-    return ModelFunction(model)
-
-
-def task_forward(forward: Forward) -> TaskForward | None:
-    """The task-batched form of `forward`, if it has one."""
-    return getattr(forward, "tasks", None)
+META_PREFIX = "algo."
+"""Keys of meta-learned tensors an algorithm owns (learning rates, per-step BatchNorm, ...)."""
 
 
 def model_params(params: Params) -> Params:
@@ -72,16 +50,6 @@ def sgd_step(params: Params, grads: Params, lr: float) -> Params:
 def detach(params: Params) -> Params:
     """The same values cut from the autograd graph (first-order MAML's inner gradients)."""
     return {k: p.detach() for k, p in params.items()}
-
-
-def tree_add(a: Params, b: Params) -> Params:
-    """a + b, key by key."""
-    return {k: a[k] + b[k] for k in a}
-
-
-def tree_scale(a: Params, factor: float) -> Params:
-    """factor · a, key by key."""
-    return {k: v * factor for k, v in a.items()}
 
 
 def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,5 @@
-"""Run folders: collision-safe creation, environment record, metrics log, atomic checkpoints.
+"""Run folders: collision-safe creation, environment record, metrics log, claims and lookup.
+The checkpoint files' format lives in metafew.checkpoints.
 
 runs/<YYYYmmdd-HHMMSS>-<name>-<id>/
     config.yaml          resolved config (what every later command reads)
@@ -21,7 +22,6 @@ import secrets
 import subprocess
 import sys
 import time
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,21 +29,23 @@ from typing import Any
 import torch
 
 import metafew
+from metafew.checkpoints import load_resume_checkpoint
+from metafew.config import Config
+from metafew.config.load import dump_yaml, from_dict, parse_yaml, to_dict, upgrade_saved
+from metafew.errors import ConfigError, RunError
+from metafew.files import remove_temporaries, write_error, write_json, write_text_atomic
 
 try:
     import fcntl
 except ImportError:  # Windows has no flock: runs are not claimed there
     fcntl = None  # type: ignore[assignment]
-from metafew.config import Config, dump_yaml, from_dict, parse_yaml, to_dict
-from metafew.errors import ConfigError, RunError
 
-CHECKPOINT_FORMAT = 1
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
 RESUMABLE_KEYS = frozenset(
     {
         "train.iterations",
-        "train.device",
-        "train.threads",
+        "runtime.device",
+        "runtime.threads",
         "train.log_every",
         "train.checkpoint_every",
         "train.runs_dir",  # the folder may have been moved or named by another path
@@ -104,8 +106,9 @@ def _git_sha() -> str | None:
     return out.stdout.strip() or None
 
 
-def environment(device: str) -> dict[str, Any]:
-    """What produced a run: versions, git sha, command line, device, host."""
+def environment(device: str, plan: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What produced a run: versions, git sha, command line, device (as placed), host, and the
+    `plan` decided at launch (the effective chunk sizes, the process count)."""
     import numpy
 
     return {
@@ -121,53 +124,22 @@ def environment(device: str) -> dict[str, Any]:
         "host": platform.node(),
         "platform": platform.platform(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **(plan or {}),
     }
 
 
-def _reason(exc: BaseException) -> str:
-    """The first line of an OS or torch error: 'No space left on device', ... torch.save reports
-    a failed write as a cryptic RuntimeError whose context is the OSError, so that is preferred."""
-    cause: BaseException | None = exc
-    while cause is not None:
-        if isinstance(cause, OSError) and cause.strerror:
-            return cause.strerror
-        cause = cause.__cause__ or cause.__context__
-    text = str(exc).strip()
-    return text.splitlines()[0][:200] if text else type(exc).__name__
-
-
-def _write_error(path: Path, exc: BaseException, what: str = "") -> RunError:
-    """A full disk, a read-only file system or a missing folder as a one-line RunError."""
-    return RunError(
-        f"cannot write {what}{str(path)!r}: {_reason(exc)}; free disk space or fix the folder, then resume"
-    )
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `path` through a temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise _write_error(path, exc) from None
-
-
-def write_json(path: Path, payload: Any) -> None:
-    """Pretty JSON, written atomically."""
-    write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
-
-
-def create_run(cfg: Config, device: str, claim: RunClaim | None = None) -> Path:
-    """A new run folder holding the resolved config and environment. With `claim`, the folder is
-    claimed before its config.yaml exists, so `--resume auto` elsewhere never picks it up."""
+def create_run(
+    cfg: Config, device: str, claim: RunClaim | None = None, plan: dict[str, Any] | None = None
+) -> Path:
+    """A new run folder holding the resolved config and environment (with `plan`, see
+    `environment`). With `claim`, the folder is claimed before its config.yaml exists, so
+    `--resume auto` elsewhere never picks it up."""
     run = new_folder(Path(cfg.train.runs_dir), cfg.train.name)
     if claim is not None:
         claim.acquire(run)
     (run / "checkpoints").mkdir()
     write_text_atomic(run / "config.yaml", dump_yaml(cfg))
-    write_json(run / "env.json", environment(device))
+    write_json(run / "env.json", environment(device, plan))
     return run
 
 
@@ -182,9 +154,8 @@ def resolve_run(path: Path | str) -> Path:
 def load_run_config(run: Path) -> Config:
     """The resolved config saved in a run folder."""
     try:
-        return from_dict(
-            parse_yaml((run / "config.yaml").read_text(encoding="utf-8"), str(run / "config.yaml"))
-        )
+        text = (run / "config.yaml").read_text(encoding="utf-8")
+        return from_dict(upgrade_saved(parse_yaml(text, str(run / "config.yaml"))))
     except ConfigError as exc:
         raise RunError(f"run {str(run)!r} has an unusable config.yaml: {exc}") from None
 
@@ -201,7 +172,7 @@ def append_metrics(run: Path, record: dict[str, Any]) -> None:
             handle.flush()
             os.fsync(handle.fileno())
     except OSError as exc:
-        raise _write_error(run / "metrics.jsonl", exc) from None
+        raise write_error(run / "metrics.jsonl", exc) from None
 
 
 def read_metrics(run: Path) -> list[dict[str, Any]]:
@@ -226,103 +197,10 @@ def truncate_metrics(run: Path, iteration: int) -> None:
     write_text_atomic(run / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in kept))
 
 
-# ---------------------------------------------------------------------------------------------
-# checkpoints
-
-
-def previous_checkpoint(path: Path) -> Path:
-    """Where `save_checkpoint(path, keep_previous=True)` moves the file it replaces:
-    checkpoints/last.pt -> checkpoints/last.prev.pt."""
-    return path.with_name(f"{path.stem}.prev{path.suffix}")
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make a rename in `folder` durable (the new directory entry reaches the disk)."""
-    dir_fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def save_checkpoint(path: Path, state: dict[str, Any], keep_previous: bool = False) -> None:
-    """torch.save to a temporary file in the same folder, fsync, rename, fsync the folder:
-    a reader sees the old file or the new one, never half of one. With `keep_previous` the old
-    file becomes `previous_checkpoint(path)`, the fallback when `path` is later found corrupt."""
-    state = {"format": CHECKPOINT_FORMAT, "metafew": metafew.__version__, **state}
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with tmp.open("wb") as handle:
-            torch.save(state, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        if keep_previous and path.is_file():
-            os.replace(path, previous_checkpoint(path))
-        os.replace(tmp, path)
-        _fsync_folder(path.parent)
-    except (OSError, RuntimeError) as exc:  # torch.save reports a failed write as RuntimeError
-        tmp.unlink(missing_ok=True)
-        raise _write_error(path, exc, "checkpoint ") from None
-
-
-def _check_zip(path: Path) -> None:
-    """torch.load does not verify the zip CRCs: a flipped bit in the data would load silently."""
-    try:
-        with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
-    except (zipfile.BadZipFile, OSError, EOFError) as exc:
-        raise RunError(f"checkpoint {str(path)!r} is corrupt or unsafe ({exc})") from None
-    if bad is not None:
-        raise RunError(f"checkpoint {str(path)!r} is corrupt or unsafe (CRC mismatch in {bad!r})")
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint with `weights_only=True` (a file that would run code is refused)."""
-    if not path.is_file():
-        raise RunError(f"checkpoint {str(path)!r} not found")
-    _check_zip(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises many types for corrupt or unsafe files
-        raise RunError(f"checkpoint {str(path)!r} is corrupt or unsafe ({_reason(exc)})") from None
-    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
-        raise RunError(f"checkpoint {str(path)!r} is not a metafew checkpoint of format {CHECKPOINT_FORMAT}")
-    return state
-
-
-def load_resume_checkpoint(run: Path) -> tuple[dict[str, Any] | None, str | None]:
-    """The checkpoint `--resume` continues from, and a one-line note when it is not last.pt.
-
-    last.pt; if it is missing, truncated or corrupt, the previous one (last.prev.pt). A run
-    whose checkpoints/ holds no checkpoint at all (stopped before its first one) gives None:
-    it starts over from iteration 0 in its own folder.
-    """
-    last = run / "checkpoints" / "last.pt"
-    previous = previous_checkpoint(last)
-    if not any((run / "checkpoints").glob("*.pt")):
-        return None, f"{str(run)!r} has no checkpoint yet: starting it over from iteration 0"
-    try:
-        return load_checkpoint(last), None
-    except RunError as exc:
-        if not previous.is_file():
-            raise
-        problem = exc
-    try:
-        state = load_checkpoint(previous)
-    except RunError:
-        raise problem from None
-    return state, (
-        f"{problem}; falling back to the previous checkpoint {previous.name} (iteration {state['iteration']})"
-    )
-
-
 def discard_partial_writes(run: Path) -> list[Path]:
-    """Delete the temporary files of writes that a killed process left half done (call it only
-    while holding the run's claim); returns them."""
-    partial = [p for folder in (run, run / "checkpoints") for p in folder.glob(".*.tmp") if p.is_file()]
-    for path in partial:
-        path.unlink(missing_ok=True)
-    return partial
+    """Delete the temporary files of writes that a killed process left half done in the run
+    folder and its checkpoints/ (call it only while holding the run's claim); returns them."""
+    return remove_temporaries(run, run / "checkpoints")
 
 
 def config_diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[tuple[str, Any, Any]]:
@@ -387,7 +265,7 @@ def _unfinished(run: Path, iterations: int) -> bool:
         state, _ = load_resume_checkpoint(run)
     except RunError:
         return False  # nothing usable to continue from
-    return state is None or int(state["iteration"]) < iterations
+    return state is None or state.iteration < iterations
 
 
 def find_resumable(cfg: Config, allowed: frozenset[str] = frozenset()) -> Path | None:

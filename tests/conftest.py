@@ -13,7 +13,8 @@ import pytest
 import torch
 from PIL import Image
 
-from metafew.config import Config, from_dict
+from metafew.config import Config
+from metafew.config.load import from_dict
 
 # Tiny models gain nothing from threads, and several torch processes with 2 threads each on a
 # 2-core CI machine slow each other down many times over. Subprocesses inherit the variable.
@@ -45,9 +46,9 @@ TINY_OVERRIDES: dict = {
         "val_episodes": 3,
         "log_every": 1,
         "checkpoint_every": 2,
-        "device": "cpu",
     },
     "eval": {"episodes": 5},
+    "runtime": {"device": "cpu"},
 }
 """A glyph experiment small enough for unit tests (3-way 2-shot on 16x16 images, 8 filters)."""
 
@@ -69,7 +70,7 @@ TINY_ARGS: list[str] = [
     "train.val_episodes=3",
     "train.log_every=1",
     "train.checkpoint_every=2",
-    "train.device=cpu",
+    "runtime.device=cpu",
     "eval.episodes=5",
 ]
 """The same tiny experiment as command-line overrides (add train.runs_dir=...)."""

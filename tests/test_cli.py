@@ -31,7 +31,7 @@ from PIL import Image
 from typer.testing import CliRunner, Result
 
 from metafew.cli import app
-from metafew.config import load_config, valid_keys
+from metafew.config.load import load_config, valid_keys
 from metafew.data import load_data
 from metafew.errors import EXIT_CODES
 from metafew.runs import load_run_config
@@ -630,7 +630,7 @@ def test_both_entry_points_run() -> None:
 @pytest.mark.slow  # a real subprocess and signal: 5-13 s on 2 shared cores
 def test_sigterm_checkpoints_and_resume_finishes(tmp_path: Path) -> None:
     runs_dir = tmp_path / "runs"
-    args = tiny(runs_dir, "train.iterations=200", "train.threads=1")
+    args = tiny(runs_dir, "train.iterations=200", "runtime.threads=1")
     proc = subprocess.Popen(
         [sys.executable, "-m", "metafew", "train", *args],
         cwd=tmp_path,

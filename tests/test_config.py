@@ -8,12 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from metafew.config import (
-    AlgorithmConfig,
-    Config,
-    DataConfig,
-    TaskConfig,
-    TrainConfig,
+from metafew.config import AlgorithmConfig, Config, DataConfig, TaskConfig, TrainConfig
+from metafew.config.load import (
     describe_keys,
     dump_yaml,
     from_dict,
@@ -344,7 +340,7 @@ def test_channels_two_is_rejected() -> None:
 @pytest.mark.parametrize(
     ("override", "suggestion"),
     [
-        ("train.batching=vamp", "vmap"),
+        ("runtime.batching=vamp", "vmap"),
         ("eval.norm=suport", "support"),
         ("model.pool=maxx", "max"),
         ("data.dataset=glyph", "glyphs"),
@@ -359,7 +355,7 @@ def test_choice_errors_list_choices_and_suggest(override: str, suggestion: str) 
 
 
 def test_choice_error_lists_all_choices() -> None:
-    assert "must be one of auto, fused, loop, vmap" in config_error(["train.batching=vamp"])
+    assert "must be one of auto, fused, loop, vmap" in config_error(["runtime.batching=vamp"])
 
 
 def test_folder_dataset_needs_a_root() -> None:
@@ -397,7 +393,7 @@ def _non_default_config() -> Config:
             "algorithm.inner_lr=0.01",
             "algorithm.first_order=true",
             "train.outer_lr=1e-5",
-            "train.batching=vmap",
+            "runtime.batching=vmap",
             "train.name='no'",
             "finetune.lr=2.5e-3",
             "eval.norm=support",

@@ -11,9 +11,12 @@ import torch
 from conftest import TINY_OVERRIDES
 
 from metafew import engine
-from metafew.config import from_dict, merge, read_yaml_file, to_dict
+from metafew.checkpoints import load_checkpoint
+from metafew.config.load import from_dict, merge, read_yaml_file, to_dict
 from metafew.data import load_data
-from metafew.runs import create_run, load_checkpoint
+from metafew.evaluation import evaluate, finetune, predict_proba
+from metafew.learner import build_learner, load_params
+from metafew.runs import create_run
 from metafew.tasks import EpisodeSampler
 
 CONFIGS = sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml"))
@@ -37,11 +40,11 @@ def test_config_trains_evaluates_and_finetunes_on_tiny_data(path: Path, tmp_path
     state = load_checkpoint(run / "checkpoints" / "last.pt")
     assert state["iteration"] == 2
     assert all(torch.isfinite(v).all() for v in state["params"].values())
-    learner = engine.build_learner(cfg, torch.device("cpu"), state["train_classes"])
-    engine.load_params(learner, state["params"])
+    learner = build_learner(cfg, torch.device("cpu"), state["train_classes"])
+    load_params(learner, state["params"])
     sampler = EpisodeSampler(data.novel, cfg.task.ways, cfg.task.shots, 3, seed=1)
-    accs = engine.evaluate(learner, sampler, 4, cfg.algorithm.eval_inner_steps, None, cfg.eval.norm)
+    accs = evaluate(learner, sampler, 4, cfg.algorithm.eval_inner_steps, None, cfg.eval.norm)
     assert accs.shape == (4,) and np.isfinite(accs).all()
-    model = engine.finetune(cfg, learner, data.novel)
-    probs = engine.predict_proba(learner, model, data.novel.images)
+    model = finetune(cfg, learner, data.novel)
+    probs = predict_proba(learner, model, data.novel.images)
     assert all(math.isclose(float(s), 1.0, abs_tol=1e-4) for s in probs.sum(-1))

@@ -11,7 +11,8 @@ import torch
 from conftest import make_class_folder, write_image
 from PIL import Image
 
-from metafew.config import DataConfig, GlyphsConfig, load_config
+from metafew.config import DataConfig, GlyphsConfig
+from metafew.config.load import load_config
 from metafew.data import load_data, to_float
 from metafew.data.folder import (
     IMAGE_SUFFIXES,

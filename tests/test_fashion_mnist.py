@@ -14,10 +14,11 @@ import pytest
 import torch
 from PIL import Image
 
-from metafew.config import FASHION_MNIST_CLASSES, DataConfig, FashionMNISTConfig
+from metafew.config import DataConfig, FashionMNISTConfig
 from metafew.data import DATASETS, FewShotData, load_data
 from metafew.data import fashion_mnist as fm
 from metafew.data.download import RemoteFile
+from metafew.data.fashion_mnist import FASHION_MNIST_CLASSES
 from metafew.errors import DataError
 
 DEFAULT_TRAIN = ["tshirt_top", "trouser", "pullover", "dress", "coat"]

@@ -13,8 +13,8 @@ from torch.func import vmap
 from metafew.algorithms import MAML
 from metafew.algorithms.base import resolve_batching
 from metafew.config import AlgorithmConfig, MAMLConfig
-from metafew.functional import make_forward, task_forward
-from metafew.models import _SharedWeightConv, _task_conv, _TaskStats, task_batched_forward
+from metafew.models import make_forward
+from metafew.models.fused import _SharedWeightConv, _task_conv, _TaskStats, task_batched_forward
 from metafew.tasks import stack_episodes
 
 TASKS = 3
@@ -140,8 +140,8 @@ def test_fused_meta_gradients_equal_the_loop_for_every_maml_variant(variant: str
 
 def test_fused_resolves_to_vmap_without_a_task_batched_model() -> None:
     cosine = tiny_model("cosine")
-    assert task_forward(make_forward(cosine)) is None
-    assert task_forward(make_forward(tiny_model())) is not None
+    assert make_forward(cosine).tasks is None
+    assert make_forward(tiny_model()).tasks is not None
     assert resolve_batching("fused", False) == "vmap" and resolve_batching("auto", False) == "loop"
     assert resolve_batching("auto", True) == "fused" and resolve_batching("vmap", True) == "vmap"
     episodes = random_episodes(2)

@@ -13,8 +13,8 @@ from reference import random_episodes, tiny_model
 from metafew.algorithms import MAML
 from metafew.algorithms.base import mean_task_gradients
 from metafew.config import AlgorithmConfig
-from metafew.functional import Params, make_forward
-from metafew.models import Conv4
+from metafew.functional import Params
+from metafew.models import Conv4, make_forward
 from metafew.tasks import Episode
 
 

@@ -16,11 +16,14 @@ from torch.func import functional_call
 from metafew import engine
 from metafew.algorithms import MAML, build_algorithm
 from metafew.algorithms.maml import msl_weights
+from metafew.checkpoints import load_checkpoint
 from metafew.config import AlgorithmConfig, Config, MAMLConfig
 from metafew.data import load_data
-from metafew.functional import Params, make_forward, model_params
-from metafew.models import Conv4, build_model
-from metafew.runs import create_run, load_checkpoint
+from metafew.evaluation import evaluate, finetune
+from metafew.functional import Params, model_params
+from metafew.learner import Learner, build_learner
+from metafew.models import Conv4, build_model, make_forward
+from metafew.runs import create_run
 from metafew.tasks import Episode
 
 LR = 0.3
@@ -539,7 +542,7 @@ def test_learner_and_optimizer_hold_the_algo_tensors_and_training_moves_them(
     for option, value in options.items():
         setattr(tiny_cfg.algorithm.maml, option, value)
     tiny_cfg.train.iterations, tiny_cfg.train.val_every = 1, 0
-    learner = engine.build_learner(tiny_cfg, torch.device("cpu"), 5)
+    learner = build_learner(tiny_cfg, torch.device("cpu"), 5)
     algo_keys = [k for k in learner.params if k.startswith("algo.lr.")]
     assert algo_keys and len(learner.params) > len(algo_keys)
     assert all(learner.params[k].is_leaf and learner.params[k].requires_grad for k in algo_keys)
@@ -558,9 +561,9 @@ def test_learner_and_optimizer_hold_the_algo_tensors_and_training_moves_them(
 # learned step sizes at validation and fine-tuning
 
 
-def _metasgd_learner_with_zero_lrs(cfg: Config) -> engine.Learner:
+def _metasgd_learner_with_zero_lrs(cfg: Config) -> Learner:
     cfg.algorithm.name = "metasgd"
-    learner = engine.build_learner(cfg, torch.device("cpu"), 5)
+    learner = build_learner(cfg, torch.device("cpu"), 5)
     with torch.no_grad():
         for k, v in learner.params.items():
             if k.startswith("algo.lr."):
@@ -570,11 +573,11 @@ def _metasgd_learner_with_zero_lrs(cfg: Config) -> engine.Learner:
 
 def test_metasgd_finetune_adapts_with_the_learned_learning_rates(tiny_cfg: Config) -> None:
     learner = _metasgd_learner_with_zero_lrs(tiny_cfg)
-    tuned = engine.finetune(tiny_cfg, learner, load_data(tiny_cfg.data).novel)
+    tuned = finetune(tiny_cfg, learner, load_data(tiny_cfg.data).novel)
     for k, v in model_params(learner.params).items():
         torch.testing.assert_close(tuned.params[k], v.detach(), msg=k)
     tiny_cfg.finetune.lr = 0.4  # an explicit step size still overrides the learned ones
-    tuned = engine.finetune(tiny_cfg, learner, load_data(tiny_cfg.data).novel)
+    tuned = finetune(tiny_cfg, learner, load_data(tiny_cfg.data).novel)
     assert not torch.allclose(tuned.params["head.weight"], learner.params["head.weight"].detach())
 
 
@@ -584,7 +587,7 @@ def test_metasgd_validation_adapts_with_the_learned_learning_rates(tiny_cfg: Con
     _, val = engine.training_samplers(tiny_cfg, load_data(tiny_cfg.data))
     assert val is not None
     steps, norm = tiny_cfg.algorithm.eval_inner_steps, tiny_cfg.eval.norm
-    learned = engine.evaluate(learner, val, 12, steps, None, norm)
-    fixed = engine.evaluate(learner, val, 12, steps, tiny_cfg.algorithm.inner_lr, norm)
+    learned = evaluate(learner, val, 12, steps, None, norm)
+    fixed = evaluate(learner, val, 12, steps, tiny_cfg.algorithm.inner_lr, norm)
     assert learned.mean() != pytest.approx(fixed.mean())  # the two really differ here
     assert engine._validate(tiny_cfg, learner, val)[0] == pytest.approx(learned.mean())

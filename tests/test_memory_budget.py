@@ -1,21 +1,21 @@
-"""train.max_memory: the meta-batch split into chunks that fit, with the same gradients."""
+"""runtime.max_memory: the meta-batch split into chunks that fit, with the same gradients."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from metafew.config import Config
-from metafew.engine import (
+from metafew.budget import (
     EVAL_CHUNK_MAX,
     EVAL_COPIES,
     SAVED_COPIES,
     VMAP_EVAL_CHUNK,
-    budget_chunk_size,
-    build_learner,
     eval_chunk_size,
+    train_chunk_size,
 )
-from metafew.models import activation_elements, build_model
+from metafew.config import Config
+from metafew.learner import build_learner
+from metafew.models import build_model
 from metafew.tasks import Episode
 
 
@@ -23,33 +23,33 @@ def _config(batching: str, max_memory: int = 0, chunk_size: int = 0) -> Config:
     cfg = Config()
     cfg.model.hidden, cfg.model.pool = 16, "stride"
     cfg.task.shots, cfg.task.queries = 1, 3
-    cfg.train.batching, cfg.train.meta_batch_size = batching, 5
-    cfg.train.max_memory, cfg.train.chunk_size, cfg.train.device = max_memory, chunk_size, "cpu"
+    cfg.runtime.batching, cfg.train.meta_batch_size = batching, 5
+    cfg.runtime.max_memory, cfg.runtime.chunk_size, cfg.runtime.device = max_memory, chunk_size, "cpu"
     return cfg
 
 
 def _per_task_mb(cfg: Config, copies: int = SAVED_COPIES) -> float:
     model = build_model(cfg.model, cfg.data.channels, cfg.data.image_size, cfg.task.ways)
     pictures = cfg.task.ways * (cfg.task.shots + cfg.task.queries)
-    return activation_elements(model, pictures, cfg.data.image_size) * 4 * copies / 2**20
+    return model.activation_elements(pictures) * 4 * copies / 2**20
 
 
 def test_activation_elements_counts_every_convolution_output() -> None:
     cfg = _config("fused")
     model = build_model(cfg.model, 1, 28, 5)
     # 28 -> 14 -> 7 -> 4 -> 2 with 16 channels, plus the 1-channel input
-    assert activation_elements(model, 3, 28) == 3 * (28 * 28 + 16 * (14 * 14 + 7 * 7 + 4 * 4 + 2 * 2))
+    assert model.activation_elements(3) == 3 * (28 * 28 + 16 * (14 * 14 + 7 * 7 + 4 * 4 + 2 * 2))
 
 
 def test_budget_sets_the_tasks_per_call_and_never_raises_chunk_size() -> None:
     per_task = _per_task_mb(_config("fused"))
     model = build_model(_config("fused").model, 1, 28, 5)
-    assert budget_chunk_size(_config("fused"), model) == 0  # no budget: the whole meta-batch
-    assert budget_chunk_size(_config("fused", max_memory=1), model) == max(1, int(1 // per_task))
+    assert train_chunk_size(_config("fused"), model) == 0  # no budget: the whole meta-batch
+    assert train_chunk_size(_config("fused", max_memory=1), model) == max(1, int(1 // per_task))
     budget = int(3.5 * per_task) + 1
-    assert budget_chunk_size(_config("fused", max_memory=budget), model) == int(budget // per_task)
-    assert budget_chunk_size(_config("fused", max_memory=budget, chunk_size=2), model) == 2
-    assert budget_chunk_size(_config("fused", max_memory=10**6, chunk_size=2), model) == 2
+    assert train_chunk_size(_config("fused", max_memory=budget), model) == int(budget // per_task)
+    assert train_chunk_size(_config("fused", max_memory=budget, chunk_size=2), model) == 2
+    assert train_chunk_size(_config("fused", max_memory=10**6, chunk_size=2), model) == 2
 
 
 def test_evaluation_chunk_follows_the_budget_between_its_bounds() -> None:
@@ -59,11 +59,11 @@ def test_evaluation_chunk_follows_the_budget_between_its_bounds() -> None:
     per_episode = _per_task_mb(cfg, EVAL_COPIES)
     assert eval_chunk_size(cfg, model, batched=True) == EVAL_CHUNK_MAX  # no budget
     for episodes in (VMAP_EVAL_CHUNK + 1, EVAL_CHUNK_MAX - 1):
-        cfg.train.max_memory = int(episodes * per_episode) + 1
+        cfg.runtime.max_memory = int(episodes * per_episode) + 1
         assert eval_chunk_size(cfg, model, batched=True) == episodes
-    cfg.train.max_memory = 1
+    cfg.runtime.max_memory = 1
     assert eval_chunk_size(cfg, model, batched=True) == VMAP_EVAL_CHUNK  # never below the old default
-    cfg.train.max_memory = 10**6
+    cfg.runtime.max_memory = 10**6
     assert eval_chunk_size(cfg, model, batched=True) == EVAL_CHUNK_MAX
     assert eval_chunk_size(cfg, model, batched=False) == VMAP_EVAL_CHUNK
     cfg.eval.chunk_size = 3  # an explicit value wins

@@ -19,7 +19,8 @@ import torch
 from conftest import shared_datasets
 from PIL import Image
 
-from metafew.config import DataConfig, OmniglotConfig, load_config
+from metafew.config import DataConfig, OmniglotConfig
+from metafew.config.load import load_config
 from metafew.data import DATASETS, FewShotData, LabeledImages, load_data
 from metafew.data import omniglot as omni
 from metafew.errors import ConfigError, DataError
@@ -226,7 +227,7 @@ def test_config_is_validated_at_load_time(override: str, message: str) -> None:
 
 
 def test_config_source_names_match_the_parts() -> None:
-    from metafew.config import OMNIGLOT_SOURCES
+    from metafew.data.omniglot import OMNIGLOT_SOURCES
 
     assert set(OMNIGLOT_SOURCES) == set(omni.PARTS)
     assert {f"{stem}.zip" for stem in omni.PARTS.values()} == {r.name for r in omni.REMOTES.values()}

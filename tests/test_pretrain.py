@@ -13,10 +13,12 @@ from reference import QUERIES, SHOTS, SIZE, WAYS, random_episodes, tiny_model
 from metafew import engine
 from metafew.algorithms import Pretrain, build_algorithm
 from metafew.algorithms.pretrain import fit_head, global_batch, head_logits, init_head
-from metafew.config import Config, load_config
+from metafew.config import Config
+from metafew.config.load import load_config
 from metafew.data import load_data
-from metafew.functional import make_forward
-from metafew.models import Conv4
+from metafew.evaluation import finetune
+from metafew.learner import build_learner
+from metafew.models import Conv4, make_forward
 from metafew.runs import create_run, read_metrics
 
 CLASSES = 7
@@ -137,9 +139,9 @@ def test_trains_validates_and_finetunes_through_the_engine(tiny_cfg: Config, hea
     run = create_run(tiny_cfg, "cpu")
     engine.train(tiny_cfg, data, run)
     assert [r["iteration"] for r in read_metrics(run) if "val_accuracy" in r] == [2, 4]
-    learner = engine.build_learner(tiny_cfg, torch.device("cpu"), len(data.meta_train.classes))
+    learner = build_learner(tiny_cfg, torch.device("cpu"), len(data.meta_train.classes))
     assert learner.params["algo.head.weight"].shape[0] == len(data.meta_train.classes)
-    tuned = engine.finetune(tiny_cfg, learner, data.novel)
+    tuned = finetune(tiny_cfg, learner, data.novel)
     assert not any(k.startswith("algo.") for k in tuned.params)
 
 

@@ -13,11 +13,11 @@ from reference import WAYS, random_episodes, tiny_model
 from metafew import engine
 from metafew.algorithms import ProtoNet, build_algorithm
 from metafew.algorithms.protonet import prototype_head, prototypes, squared_distances
-from metafew.config import Config, load_config
+from metafew.config import Config
+from metafew.config.load import load_config
 from metafew.data import load_data
 from metafew.errors import ConfigError
-from metafew.functional import make_forward
-from metafew.models import Conv4
+from metafew.models import Conv4, make_forward
 from metafew.runs import create_run, read_metrics
 from metafew.tasks import Episode
 
@@ -110,7 +110,7 @@ def test_a_cosine_head_is_refused_with_a_fix(tiny_cfg: Config) -> None:
 
 def test_trains_validates_and_evaluates_through_the_engine(tiny_cfg: Config) -> None:
     tiny_cfg.algorithm.name = "protonet"
-    tiny_cfg.train.batching = "vmap"
+    tiny_cfg.runtime.batching = "vmap"
     run = create_run(tiny_cfg, "cpu")
     engine.train(tiny_cfg, load_data(tiny_cfg.data), run)
     records = read_metrics(run)

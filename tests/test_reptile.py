@@ -15,12 +15,14 @@ from reference import random_episodes, tiny_model
 from metafew import engine
 from metafew.algorithms import Reptile
 from metafew.algorithms.reptile import minibatch_indices
-from metafew.config import AlgorithmConfig, Config, ReptileConfig, load_config
+from metafew.checkpoints import load_checkpoint, load_meta
+from metafew.config import AlgorithmConfig, Config, ReptileConfig
+from metafew.config.load import load_config
 from metafew.data import load_data
 from metafew.errors import Interrupted
-from metafew.functional import Params, adam_init, adam_step, make_forward
-from metafew.models import Conv4
-from metafew.runs import create_run, load_checkpoint
+from metafew.functional import Params, adam_init, adam_step
+from metafew.models import Conv4, make_forward
+from metafew.runs import create_run
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
@@ -206,7 +208,7 @@ def test_a_resumed_run_is_identical_to_an_uninterrupted_one(tiny_cfg: Config) ->
     tiny_cfg.algorithm.inner_steps = 3
     tiny_cfg.algorithm.reptile.inner_batch_size = 5
     tiny_cfg.train.optimizer, tiny_cfg.train.lr_schedule, tiny_cfg.train.outer_lr = "sgd", "linear", 1.0
-    tiny_cfg.train.batching = "vmap"
+    tiny_cfg.runtime.batching = "vmap"
     data = load_data(tiny_cfg.data)
     straight = create_run(tiny_cfg, "cpu")
     engine.train(tiny_cfg, data, straight)
@@ -214,7 +216,7 @@ def test_a_resumed_run_is_identical_to_an_uninterrupted_one(tiny_cfg: Config) ->
     calls = iter(range(100))
     with pytest.raises(Interrupted, match="after iteration 2"):
         engine.train(tiny_cfg, data, resumed, stop_requested=lambda: next(calls) >= 1)
-    engine.train(tiny_cfg, data, resumed, resume=load_checkpoint(resumed / "checkpoints" / "last.pt"))
+    engine.train(tiny_cfg, data, resumed, resume=load_meta(resumed / "checkpoints" / "last.pt"))
     a = load_checkpoint(straight / "checkpoints" / "last.pt")["params"]
     b = load_checkpoint(resumed / "checkpoints" / "last.pt")["params"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -15,10 +15,21 @@ import torch
 
 import metafew
 from metafew import runs
-from metafew.config import Config, from_dict, load_config, parse_yaml, to_dict
+from metafew.checkpoints import FORMAT as CHECKPOINT_FORMAT
+from metafew.checkpoints import (
+    MetaCheckpoint,
+    load_checkpoint,
+    load_meta,
+    load_resume_checkpoint,
+    previous_checkpoint,
+    save,
+    save_checkpoint,
+)
+from metafew.config import Config
+from metafew.config.load import from_dict, load_config, parse_yaml, to_dict
 from metafew.errors import RunError
+from metafew.files import write_json
 from metafew.runs import (
-    CHECKPOINT_FORMAT,
     RunClaim,
     append_metrics,
     config_diff,
@@ -26,18 +37,13 @@ from metafew.runs import (
     discard_partial_writes,
     find_resumable,
     list_runs,
-    load_checkpoint,
-    load_resume_checkpoint,
     load_run_config,
     new_file,
     new_folder,
-    previous_checkpoint,
     read_metrics,
     resolve_run,
-    save_checkpoint,
     summarize_run,
     truncate_metrics,
-    write_json,
 )
 
 FOLDER = re.compile(r"^(\d{8})-(\d{6})-(.+)-([0-9a-f]{6})$")
@@ -378,16 +384,22 @@ def meta_run(cfg: Config, *iterations: int) -> Path:
     """A run folder with one last.pt per given iteration (the last one stays last.pt)."""
     run = create_run(cfg, "cpu")
     for it in iterations:
-        save_checkpoint(run / "checkpoints" / "last.pt", {"iteration": it}, keep_previous=True)
+        record = MetaCheckpoint(it, None, 0, {}, 5, {}, {"torch": torch.get_rng_state()}, to_dict(cfg))
+        save(run / "checkpoints" / "last.pt", record, keep_previous=True)
     return run
 
 
 def test_load_resume_checkpoint(tiny_cfg: Config) -> None:
     run = meta_run(tiny_cfg, 2, 4)
-    assert load_resume_checkpoint(run) == (load_checkpoint(run / "checkpoints" / "last.pt"), None)
+    state, note = load_resume_checkpoint(run)
+    assert (
+        note is None
+        and state is not None
+        and state.iteration == 4 == load_meta(run / "checkpoints" / "last.pt").iteration
+    )
     (run / "checkpoints" / "last.pt").write_bytes(b"")
     state, note = load_resume_checkpoint(run)
-    assert state is not None and state["iteration"] == 2
+    assert state is not None and state.iteration == 2
     assert note is not None and "\n" not in note
     assert note.startswith(f"checkpoint {str(run / 'checkpoints' / 'last.pt')!r} is corrupt")
     assert note.endswith("falling back to the previous checkpoint last.prev.pt (iteration 2)")

@@ -11,6 +11,7 @@ import torch
 from metafew import engine
 from metafew.config import Config
 from metafew.data import load_data
+from metafew.learner import build_learner
 from metafew.runs import create_run, read_metrics
 
 BETA, T = 0.01, 20
@@ -54,7 +55,7 @@ def test_cosine_schedule_follows_the_formula(tiny_cfg: Config, low: float) -> No
 @pytest.mark.parametrize(("name", "cls"), [("sgd", torch.optim.SGD), ("adam", torch.optim.Adam)])
 def test_build_optimizer_covers_every_learner_tensor(tiny_cfg: Config, name: str, cls: type) -> None:
     tiny_cfg.train.optimizer, tiny_cfg.algorithm.name = name, "metasgd"
-    learner = engine.build_learner(tiny_cfg, torch.device("cpu"), 5)
+    learner = build_learner(tiny_cfg, torch.device("cpu"), 5)
     opt = engine.build_optimizer(tiny_cfg, learner.params)
     assert type(opt) is cls
     held = [p for group in opt.param_groups for p in group["params"]]

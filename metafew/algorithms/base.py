@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import torch
 from torch.func import vmap
@@ -51,6 +51,20 @@ class Algorithm(Protocol):
     ) -> Params:
         """Model parameters for the task whose support set is given (`lr` None: the algorithm's
         own step size); the result goes straight into `forward`."""
+        ...
+
+
+@runtime_checkable
+class BatchedEvaluator(Protocol):
+    """An algorithm that can also adapt and score many test episodes in one task-batched pass
+    (MAML's family on a backbone with a task-batched form); evaluation uses it when present."""
+
+    def task_accuracies(
+        self, params: Params, stacked: tuple[torch.Tensor, ...], steps: int, lr: float | None = None
+    ) -> torch.Tensor | None:
+        """Query accuracy [T] of T stacked episodes (`stack_episodes`' [T, N, ...] tensors) after
+        `steps` inner steps, BatchNorm on batch statistics; None where the model has no
+        task-batched form."""
         ...
 
 

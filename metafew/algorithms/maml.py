@@ -41,7 +41,6 @@ from metafew.functional import (
     loss_and_accuracy,
     model_params,
     pictures_first,
-    task_forward,
     task_losses,
 )
 from metafew.tasks import Episode
@@ -122,7 +121,7 @@ class MAML:
         that many at once (x [N, T, C, H, W], y [N, T]: [T] each)."""
         if not tasks:
             return loss_and_accuracy(self.forward(weights, x), y)
-        batched = task_forward(self.forward)
+        batched = self.forward.tasks
         assert batched is not None  # `fused` resolves to vmap for models without a batched form
         return task_losses(batched(weights, x), y)
 
@@ -174,7 +173,7 @@ class MAML:
         """Query accuracy [T] of T stacked tasks (`stack_episodes`' [T, N, ...] tensors) after
         `steps` inner steps, in one task-batched pass with batch statistics (transductive);
         None where the model has no task-batched form."""
-        if task_forward(self.forward) is None:
+        if self.forward.tasks is None:
             return None
         sx, sy, qx, qy = pictures_first(*stacked)
         adapted = self.inner_loop(params, sx, sy, steps, lr, first_order=True, tasks=sy.shape[1])[-1]
@@ -207,7 +206,7 @@ class MAML:
 
     def meta_gradients(self, params: Params, episodes: list[Episode], iteration: int = 0) -> MetaStep:
         """∇ of the mean query loss over `episodes` w.r.t. the model and `algo.*` tensors."""
-        batching = resolve_batching(self.batching, task_forward(self.forward) is not None)
+        batching = resolve_batching(self.batching, self.forward.tasks is not None)
 
         def task(p: Params, sx: torch.Tensor, sy: torch.Tensor, qx: torch.Tensor, qy: torch.Tensor):
             if batching != "fused":

@@ -9,7 +9,7 @@ backbone without its head) feeds a global head h_W owned by the algorithm (`algo
     Baseline:   h_W(f) = W f + b
     Baseline++: h_W(f) = s · cos(f, w_k)   (s = `model.cosine_scale`)
 The pictures of a meta-batch form one classification batch (one set of BatchNorm statistics;
-`train.batching` does not apply).
+`runtime.batching` does not apply).
 
 Fine-tuning (adapt, validation, eval, finetune) freezes the body and fits a fresh N-way head —
 the model's own `head.*` tensors — on the support features, computed once with the support set's

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from metafew.config import DataConfig
+    from metafew.config.schema import DataConfig
     from metafew.data.download import Progress, RemoteFile
 
 
@@ -118,7 +118,9 @@ class Dataset:
     raises DataError naming a missing or wrong file. build(cfg, sources, recorded): the decoded
     splits; `recorded` is a run's class lists when a split must be reproduced (the folder
     dataset's automatic split), else None. summary/files: one line each for `metafew data list`
-    and the README. remotes: the files `metafew data prepare` may download.
+    and the README. remotes: the files `metafew data prepare` may download. needs_root: whether
+    data.root must be set. check(cfg): validates the dataset's own config section at load time
+    (raises ConfigError); every dataset's section is checked, whichever dataset is chosen.
     """
 
     sources: Callable[[DataConfig, Progress | None], list[Path]]
@@ -127,3 +129,5 @@ class Dataset:
     files: str
     remotes: tuple[RemoteFile, ...] = ()
     cacheable: bool = True
+    needs_root: bool = True
+    check: Callable[[DataConfig], None] | None = None

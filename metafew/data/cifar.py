@@ -41,7 +41,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from metafew.config import DataConfig
+from metafew.config.schema import DataConfig
 from metafew.data.base import Dataset, FewShotData, LabeledImages, Splits, split_novel
 from metafew.data.download import Progress, RemoteFile, dataset_root, download, verify
 from metafew.data.safe_pickle import load_pickle

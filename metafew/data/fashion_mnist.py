@@ -41,10 +41,24 @@ import numpy as np
 import torch
 from PIL import Image
 
-from metafew.config import FASHION_MNIST_CLASSES, DataConfig, comma_list
+from metafew.config.schema import DataConfig, comma_list
 from metafew.data.base import Dataset, FewShotData, LabeledImages, Splits, split_novel
 from metafew.data.download import Progress, RemoteFile, dataset_root, download, looks_like_html
-from metafew.errors import DataError
+from metafew.errors import ConfigError, DataError
+
+FASHION_MNIST_CLASSES = (
+    "tshirt_top",
+    "trouser",
+    "pullover",
+    "dress",
+    "coat",
+    "sandal",
+    "shirt",
+    "sneaker",
+    "bag",
+    "ankle_boot",
+)
+"""Fashion-MNIST's ten classes, in label order (Xiao, Rasul & Vollgraf 2017)."""
 
 PAGE = "https://github.com/zalandoresearch/fashion-mnist"
 MIRRORS = (
@@ -240,6 +254,27 @@ def build_fashion_mnist(cfg: DataConfig, sources: list[Path], recorded: Splits |
     )
 
 
+def check_config(cfg: DataConfig) -> None:
+    """data.fashion_mnist: known class names, each in one split, train and test not empty."""
+    section = cfg.fashion_mnist
+    groups = {
+        key: comma_list(getattr(section, key)) for key in ("train_classes", "val_classes", "test_classes")
+    }
+    for key, names in groups.items():
+        unknown = [n for n in names if n not in FASHION_MNIST_CLASSES]
+        if unknown:
+            raise ConfigError(
+                f"data.fashion_mnist.{key}: unknown class(es) {', '.join(map(repr, unknown))}; "
+                f"valid: {', '.join(FASHION_MNIST_CLASSES)}"
+            )
+    seen = [n for names in groups.values() for n in names]
+    twice = sorted({n for n in seen if seen.count(n) > 1})
+    if twice:
+        raise ConfigError(f"data.fashion_mnist: classes in more than one split: {', '.join(twice)}")
+    if not groups["train_classes"] or not groups["test_classes"]:
+        raise ConfigError("data.fashion_mnist: train_classes and test_classes must not be empty")
+
+
 FASHION_MNIST = Dataset(
     sources=find_files,
     build=build_fashion_mnist,
@@ -247,4 +282,6 @@ FASHION_MNIST = Dataset(
     files="train-/t10k-images-idx3-ubyte, train-/t10k-labels-idx1-ubyte (.gz or raw; downloadable) in "
     "data.root, else Debian's /usr/share/datasets/fashion-mnist",
     remotes=tuple(REMOTES.values()),
+    needs_root=False,  # Debian's package folder is the fallback
+    check=check_config,
 )

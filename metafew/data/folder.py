@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from metafew.config import DataConfig, FolderConfig
+from metafew.config.schema import DataConfig, FolderConfig
 from metafew.data.base import Dataset, FewShotData, LabeledImages, Splits, UnlabeledImages, split_novel
 from metafew.errors import DataError
 

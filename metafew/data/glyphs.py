@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from metafew.config import DataConfig, GlyphsConfig
+from metafew.config.schema import DataConfig, GlyphsConfig
 from metafew.data.base import Dataset, FewShotData, LabeledImages, Splits, UnlabeledImages
 
 _CURVE_POINTS = 20  # points sampled along each Bézier stroke
@@ -131,5 +131,6 @@ GLYPHS = Dataset(
     build=_build,
     summary="procedurally drawn stroke characters, embedded (no files, no download)",
     files="none: generated from data.glyphs.seed",
+    needs_root=False,
     cacheable=False,  # generated in about a second; a cache would only go stale with the code
 )

@@ -41,7 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from metafew.config import DataConfig
+from metafew.config.schema import DataConfig
 from metafew.data.base import Dataset, FewShotData, LabeledImages, Splits, split_novel
 from metafew.data.cifar import convert_rgb
 from metafew.data.download import Progress, looks_like_html

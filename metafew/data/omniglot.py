@@ -49,7 +49,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from metafew.config import DataConfig, OmniglotConfig, comma_list
+from metafew.config.schema import DataConfig, OmniglotConfig, comma_list
 from metafew.data.base import Dataset, FewShotData, LabeledImages, Splits, split_novel
 from metafew.data.download import Progress, RemoteFile, dataset_root, download, verify
 from metafew.data.folder import decode_image
@@ -62,6 +62,10 @@ PARTS: dict[str, str] = {
     "evaluation": "images_evaluation",
 }
 """`data.omniglot.sources` names -> zip file stem / folder name."""
+
+OMNIGLOT_SOURCES = ("small1", "small2", "background", "evaluation")
+"""Omniglot parts by short name: images_background_small1/2 (the minimal background sets),
+images_background (30 alphabets) and images_evaluation (20 alphabets)."""
 
 DOWNLOAD_PAGE = "https://github.com/brendenlake/omniglot/tree/master/python"
 MIRRORS = ("https://raw.githubusercontent.com/brendenlake/omniglot/master/python/",)
@@ -320,6 +324,26 @@ def build_omniglot(cfg: DataConfig, sources: list[Path], recorded: Splits | None
     return FewShotData(train, meta_val, novel, unlabeled, {"split": ocfg.split})
 
 
+def check_config(cfg: DataConfig) -> None:
+    """data.omniglot: the sources' names and the alphabet lists' syntax and overlaps (whether the
+    alphabets exist depends on the files and is checked when they are read)."""
+    section = cfg.omniglot
+    parts = [part.strip() for part in section.sources.split("+")]
+    bad = [part for part in parts if part not in OMNIGLOT_SOURCES]
+    if bad or len(set(parts)) != len(parts):
+        raise ConfigError(
+            f"data.omniglot.sources = {section.sources!r}: must be distinct names from "
+            f"{', '.join(OMNIGLOT_SOURCES)} joined by '+', e.g. small1+small2"
+        )
+    if not comma_list(section.test_alphabets):
+        raise ConfigError("data.omniglot.test_alphabets is empty: name the alphabets of the novel classes")
+    both = sorted(set(comma_list(section.test_alphabets)) & set(comma_list(section.val_alphabets)))
+    if both:
+        raise ConfigError(
+            f"alphabets in both data.omniglot.test_alphabets and val_alphabets: {', '.join(both)}"
+        )
+
+
 OMNIGLOT = Dataset(
     sources=find_parts,
     build=build_omniglot,
@@ -327,4 +351,5 @@ OMNIGLOT = Dataset(
     files="images_background.zip, images_evaluation.zip (or the minimal "
     "images_background_small1/2.zip), downloadable; zips or extracted folders in data.root",
     remotes=tuple(REMOTES.values()),
+    check=check_config,
 )

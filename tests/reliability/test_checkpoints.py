@@ -25,8 +25,9 @@ import torch
 from survival import ARGS, fingerprint, reference_run, resume_auto, signal_after
 from test_cli import assert_user_error, invoke, load_pt, ok, only_child, tiny
 
+from metafew.checkpoints import FORMAT as CHECKPOINT_FORMAT
+from metafew.checkpoints import load_checkpoint, save_checkpoint
 from metafew.errors import RunError
-from metafew.runs import CHECKPOINT_FORMAT, load_checkpoint, save_checkpoint
 
 
 def first_tensor(tree: Any) -> torch.Tensor:

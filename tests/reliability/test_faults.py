@@ -28,9 +28,10 @@ import torch
 from survival import ARGS, fingerprint, reference_run, resume_auto, signal_after
 from test_cli import assert_user_error, invoke, load_pt, ok, only_child, read_metrics, tiny
 
-from metafew import engine, runs
+from metafew import launch, runs
 from metafew.algorithms.base import MetaStep
-from metafew.config import load_config
+from metafew.config.load import load_config
+from metafew.learner import Learner
 
 pytestmark = pytest.mark.fault
 
@@ -268,9 +269,9 @@ def test_divergence_mid_run_exits_5_and_keeps_finite_checkpoints(
 ) -> None:
     """The third outer step turns non-finite (an overflow after the checkpoint of iteration 2).
     Divergence at iteration 1 from a bad config: tests/test_cli.py::test_divergence_exits_5..."""
-    real_build = engine.build_learner
+    real_build = launch.build_learner
 
-    def build(*args: Any, **kwargs: Any) -> engine.Learner:
+    def build(*args: Any, **kwargs: Any) -> Learner:
         learner = real_build(*args, **kwargs)
         real_step = learner.algorithm.meta_gradients
 
@@ -285,7 +286,7 @@ def test_divergence_mid_run_exits_5_and_keeps_finite_checkpoints(
         learner.algorithm.meta_gradients = poisoned  # type: ignore[method-assign]
         return learner
 
-    monkeypatch.setattr(engine, "build_learner", build)
+    monkeypatch.setattr(launch, "build_learner", build)
     runs_dir = tmp_path / "runs"
     assert_user_error(invoke("train", *tiny(runs_dir, *ARGS)), 5, "iteration 3", "non-finite")
     run = only_child(runs_dir)

@@ -1,0 +1,75 @@
+"""What every command shares: the consoles, user errors as one line and an exit code, the
+overrides argument, the download bar."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, Progress, TextColumn
+
+from metafew.errors import MetafewError
+
+console = Console(soft_wrap=True, markup=False, highlight=False)
+err = Console(stderr=True, soft_wrap=True)
+
+Overrides = Annotated[
+    list[str] | None, typer.Argument(help="dotted overrides, e.g. task.shots=1 train.outer_lr=1e-3")
+]
+
+
+@contextmanager
+def user_errors(prefix: str = "") -> Iterator[None]:
+    """Turn a MetafewError into one line on stderr and its exit code (an error without a message
+    was reported by another process: exit code only)."""
+    try:
+        yield
+    except MetafewError as exc:
+        if str(exc):
+            err.print(f"[bold red]{prefix}error:[/] {escape(str(exc))}", highlight=False)
+        raise typer.Exit(exc.exit_code) from None
+
+
+def note(line: str) -> None:
+    """A remark on stderr; a leading `warning:` is shown in yellow."""
+    if line.startswith("warning: "):
+        err.print(f"[yellow]warning:[/] {escape(line.removeprefix('warning: '))}", highlight=False)
+    else:
+        err.print(escape(line), highlight=False)
+
+
+def say(line: str) -> None:
+    """A result line on stdout."""
+    console.print(line, highlight=False)
+
+
+class DownloadBar:
+    """Progress callback for dataset downloads: a bar on stderr, shown once bytes arrive."""
+
+    def __init__(self) -> None:
+        self.bar: Progress | None = None
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, name: str, done: int, total: int | None) -> None:
+        if self.bar is None:
+            self.bar = Progress(
+                TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[mb]}"), console=err
+            )
+            self.bar.start()
+        if name not in self.tasks:
+            self.tasks[name] = self.bar.add_task(f"downloading {name}", total=total, mb="")
+        self.bar.update(self.tasks[name], completed=done, mb=f"{done / 2**20:.1f} MB")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def __enter__(self) -> DownloadBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

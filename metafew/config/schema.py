@@ -1,0 +1,262 @@
+"""The typed experiment config: every default, once, with its one-line help and its range.
+
+This module is the ground floor: it imports nothing of metafew but errors. Loading YAML,
+overrides and the validation against the algorithm and dataset registries live in
+`metafew.config.load`, which sits above those registries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def param(
+    default: Any,
+    help: str,
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    choices: tuple[str, ...] | None = None,
+    registry: str | None = None,
+) -> Any:
+    """A config field with its one-line help and the range or choices it accepts; `registry`
+    names the registry whose keys are the choices ("algorithms", "datasets"), read at load time."""
+    meta = {"help": help, "ge": ge, "gt": gt, "le": le, "choices": choices, "registry": registry}
+    return field(default=default, metadata=meta)
+
+
+def section(cls: type) -> Any:
+    """A nested config section whose defaults come from `cls`."""
+    return field(default_factory=cls)
+
+
+@dataclass
+class GlyphsConfig:
+    """The embedded procedurally generated glyph dataset (no download)."""
+
+    seed: int = param(0, "seed of the glyph generator; the same seed gives the same images", ge=0)
+    train_classes: int = param(10, "number of meta-train classes", ge=2)
+    val_classes: int = param(5, "number of held-out validation classes (0: no validation)", ge=0)
+    novel_classes: int = param(5, "number of novel classes (fine-tune, eval, predict)", ge=2)
+    train_samples: int = param(30, "labeled images per meta-train and validation class", ge=2)
+    novel_labeled: int = param(15, "labeled images per novel class", ge=2)
+    novel_unlabeled: int = param(15, "unlabeled images per novel class (for predict)", ge=0)
+
+
+def comma_list(text: str) -> list[str]:
+    """`"a, b,,c"` -> `["a", "b", "c"]`: a comma-separated config value as a list of names."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+OMNIGLOT_SPLITS = ("vinyals", "lake", "small1", "small2", "alphabets")
+"""Named Omniglot splits; see metafew/data/omniglot.py."""
+
+
+@dataclass
+class OmniglotConfig:
+    """Omniglot (Lake et al. 2015) read from the official zips or their folders in data.root."""
+
+    split: str = param(
+        "vinyals",
+        "vinyals: 1200/423 characters of all 50 alphabets; lake: background/evaluation; "
+        "small1, small2: a minimal background set/evaluation; alphabets: sources + test_alphabets",
+        choices=OMNIGLOT_SPLITS,
+    )
+    sources: str = param(
+        "small1+small2", "split alphabets: '+'-joined parts: small1, small2, background, evaluation"
+    )
+    test_alphabets: str = param(
+        "Japanese_(katakana),Sanskrit,Tagalog", "split alphabets: comma-separated novel alphabets"
+    )
+    val_alphabets: str = param(
+        "", "comma-separated meta-train alphabets held out for validation ('' = none; not vinyals)"
+    )
+    val_characters: int = param(
+        0, "split vinyals: characters of the 1200 held out for validation (e.g. 172)", ge=0, le=1100
+    )
+    rotations: bool = param(True, "add 90/180/270° rotated meta-train characters as extra classes")
+
+
+@dataclass
+class FashionMNISTConfig:
+    """Which Fashion-MNIST classes meta-train, validate and test (any disjoint choice)."""
+
+    train_classes: str = param("tshirt_top,trouser,pullover,dress,coat", "comma-separated meta-train classes")
+    val_classes: str = param("", "comma-separated validation classes ('' = none)")
+    test_classes: str = param("sandal,shirt,sneaker,bag,ankle_boot", "comma-separated novel classes")
+
+
+@dataclass
+class FolderConfig:
+    """A folder of class folders without meta_train/: the automatic class-disjoint split."""
+
+    val_fraction: float = param(0.15, "share of the classes held out for validation", ge=0, le=0.5)
+    test_fraction: float = param(0.25, "share of the classes that become the novel classes", gt=0, le=0.8)
+    split_seed: int = param(0, "seed of the class split (recorded in the run folder)", ge=0)
+
+
+@dataclass
+class DataConfig:
+    """Where images come from and how they are decoded."""
+
+    dataset: str = param(
+        "glyphs",
+        "dataset name (metafew data list)",
+        registry="datasets",
+    )
+    root: str | None = param(None, "folder holding the dataset's files (metafew data list says which)")
+    download: bool = param(False, "download missing files from the official sources (checksum-verified)")
+    cache: bool = param(True, "keep decoded tensors in the cache so the next run starts in seconds")
+    image_size: int = param(28, "images are resized to image_size x image_size pixels", ge=4)
+    channels: int = param(1, "1 = grayscale, 3 = RGB", choices=None, ge=1, le=3)
+    novel_labeled: int = param(
+        0,
+        "labeled pictures per novel class (0: all); the rest become unlabeled pictures for predict",
+        ge=0,
+    )
+    glyphs: GlyphsConfig = section(GlyphsConfig)
+    omniglot: OmniglotConfig = section(OmniglotConfig)
+    fashion_mnist: FashionMNISTConfig = section(FashionMNISTConfig)
+    folder: FolderConfig = section(FolderConfig)
+
+
+@dataclass
+class TaskConfig:
+    """Shape of an N-way K-shot episode."""
+
+    ways: int = param(5, "N, classes per episode", ge=2)
+    shots: int = param(5, "K, labeled support images per class", ge=1)
+    queries: int = param(15, "query images per class", ge=1)
+
+
+@dataclass
+class ModelConfig:
+    """Backbone network and its classifier head."""
+
+    name: str = param("conv4", "backbone", choices=("conv4",))
+    hidden: int = param(64, "filters per convolution", ge=1)
+    layers: int = param(4, "number of conv blocks", ge=1, le=8)
+    pool: str = param("max", "downsampling: 2x2 max-pool or stride-2 conv", choices=("max", "stride"))
+    head: str = param(
+        "linear", "classifier: linear, or cosine similarity (Baseline++)", choices=("linear", "cosine")
+    )
+    cosine_scale: float = param(10.0, "s, logits = s·cos(feature, class weight) for the cosine head", gt=0)
+
+
+@dataclass
+class MAMLConfig:
+    """MAML++ options (Antoniou, Edwards & Storkey 2019) for maml, anil and metasgd."""
+
+    multi_step_loss: bool = param(False, "MSL: weighted query loss after every inner step")
+    msl_iterations: int = param(100, "iterations over which MSL's weights move to the last step", ge=1)
+    learn_inner_lr: bool = param(False, "LSLR: learn one inner learning rate per layer and step")
+    per_step_bn: bool = param(False, "BNWB: separate BatchNorm weights and biases for every step")
+    first_order_iterations: int = param(0, "DA: first order for this many iterations, then second", ge=0)
+
+
+@dataclass
+class ReptileConfig:
+    """Reptile's inner loop (Nichol, Achiam & Schulman 2018)."""
+
+    inner_optimizer: str = param("adam", "optimizer of the k inner steps", choices=("sgd", "adam"))
+    inner_batch_size: int = param(10, "pictures per inner mini-batch (0: all of the task's pictures)", ge=0)
+    use_query: bool = param(True, "train the inner loop on support and query pictures (no split)")
+
+
+@dataclass
+class AlgorithmConfig:
+    """Meta-learning algorithm and its inner loop."""
+
+    name: str = param("maml", "algorithm (metafew.algorithms.ALGORITHMS)", registry="algorithms")
+    inner_lr: float = param(0.4, "α, step size of the inner SGD update", gt=0)
+    inner_steps: int = param(1, "inner SGD steps per task during meta-training", ge=1)
+    eval_inner_steps: int = param(10, "inner SGD steps at validation, eval and fine-tune", ge=0)
+    first_order: bool = param(False, "drop second-order terms (first-order MAML)")
+    maml: MAMLConfig = section(MAMLConfig)
+    reptile: ReptileConfig = section(ReptileConfig)
+
+
+@dataclass
+class TrainConfig:
+    """Meta-training loop: outer optimizer, schedule, validation, checkpoints."""
+
+    name: str = param("run", "run name, part of the run folder's name")
+    runs_dir: str = param("runs", "folder that holds run folders")
+    seed: int = param(0, "seed of the model init and the episode streams", ge=0)
+    iterations: int = param(300, "outer (meta) updates", ge=1)
+    outer_lr: float = param(1e-3, "β, learning rate of the outer optimizer (Reptile: ε)", gt=0, le=100)
+    optimizer: str = param("adam", "outer optimizer", choices=("adam", "sgd"))
+    lr_schedule: str = param("constant", "β over the iterations", choices=("constant", "linear", "cosine"))
+    min_lr_fraction: float = param(0.0, "linear/cosine schedules end at this fraction of β", ge=0, le=1)
+    meta_batch_size: int = param(4, "tasks per outer update", ge=1)
+    val_every: int = param(100, "validate every this many iterations (0: never)", ge=0)
+    val_episodes: int = param(100, "episodes per validation", ge=1)
+    log_every: int = param(10, "write a metrics line every this many iterations", ge=1)
+    checkpoint_every: int = param(50, "save checkpoints/last.pt every this many iterations", ge=1)
+
+
+@dataclass
+class RuntimeConfig:
+    """Where and how the computation runs, for every command (train, eval, finetune, predict);
+    none of it changes the maths."""
+
+    device: str = param("auto", "cpu, cuda, cuda:N or auto")
+    threads: int = param(0, "torch CPU threads (0: torch's default)", ge=0)
+    batching: str = param(
+        "auto",
+        "how tasks of a meta-batch run: loop, vmap, fused (one batched pass, MAML on Conv-4 with a "
+        "linear head; else vmap) or auto (fused where it applies, else loop)",
+        choices=("auto", "fused", "loop", "vmap"),
+    )
+    chunk_size: int = param(0, "training tasks per vmap or fused call (0: the whole meta-batch)", ge=0)
+    max_memory: int = param(
+        256,
+        "MB the tasks of one vmap/fused call may use (estimated); splits the meta-batch (0: no limit)",
+        ge=0,
+    )
+
+
+@dataclass
+class FinetuneConfig:
+    """Adaptation of the meta-learned model to the labeled novel pictures."""
+
+    steps: int | None = param(None, "SGD steps (null: algorithm.eval_inner_steps)", ge=0)
+    lr: float | None = param(
+        None, "SGD step size (null: the algorithm's own: α, or learned step sizes)", gt=0
+    )
+
+
+@dataclass
+class EvalConfig:
+    """Test episodes on classes never used for meta-training."""
+
+    episodes: int = param(600, "number of test episodes", ge=1)
+    seed: int = param(1234, "seed of the test-episode stream", ge=0)
+    queries: int | None = param(
+        None, "queries per class (null: as many as the classes allow, ≤ task.queries)", ge=1
+    )
+    norm: str = param(
+        "transductive",
+        "BatchNorm statistics at test time: from the query batch (as in MAML) or the support set",
+        choices=("transductive", "support"),
+    )
+    checkpoint: str = param("best", "which checkpoint to evaluate", choices=("best", "last"))
+    chunk_size: int = param(
+        0, "test episodes adapted at once (0: auto, 4 to 16 within runtime.max_memory; 4 under vmap)", ge=0
+    )
+
+
+@dataclass
+class Config:
+    """A whole experiment."""
+
+    data: DataConfig = section(DataConfig)
+    task: TaskConfig = section(TaskConfig)
+    model: ModelConfig = section(ModelConfig)
+    algorithm: AlgorithmConfig = section(AlgorithmConfig)
+    train: TrainConfig = section(TrainConfig)
+    finetune: FinetuneConfig = section(FinetuneConfig)
+    eval: EvalConfig = section(EvalConfig)
+    runtime: RuntimeConfig = section(RuntimeConfig)

@@ -1,0 +1,47 @@
+"""The machine a command runs on: the memory allocator, the device, the CPU threads."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+
+import torch
+
+from metafew.errors import ConfigError
+
+
+def tune_allocator() -> bool:
+    """Keep freed activation buffers in glibc's heap instead of returning them to the OS.
+
+    With glibc's defaults every meta-step mmaps, page-faults and unmaps ~100 MB of activations;
+    this cost 25-30% of training speed on a 2-core CPU (measured: 5.3 -> 6.9 tasks/s, seed
+    setting). Set METAFEW_MALLOC=default to keep glibc's settings. Returns whether it applied.
+    """
+    if os.environ.get("METAFEW_MALLOC") == "default" or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4  # mallopt parameter numbers from glibc's malloc.h
+    return bool(libc.mallopt(m_mmap_max, 0)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
+
+
+def resolve_device(spec: str) -> torch.device:
+    """runtime.device: `auto` -> cuda if available else cpu; anything else must be available."""
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError:
+        raise ConfigError(f"runtime.device = {spec!r}: expected cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"runtime.device = {spec!r}: CUDA is not available here; use runtime.device=cpu")
+    return device
+
+
+def set_threads(threads: int) -> None:
+    """runtime.threads: torch's CPU threads (0 keeps torch's default)."""
+    if threads:
+        torch.set_num_threads(threads)
