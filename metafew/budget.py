@@ -7,9 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from torch import nn
-
 from metafew.config import Config
+from metafew.models import Backbone
 
 SAVED_COPIES = 10
 """Activation-sized tensors one task keeps alive for a second-order meta-gradient: measured about
@@ -47,14 +46,14 @@ class Chunks:
         }
 
 
-def episode_mb(cfg: Config, model: nn.Module, copies: int) -> float:
+def episode_mb(cfg: Config, model: Backbone, copies: int) -> float:
     """Estimated MB of `copies` activation-sized tensors for one task of cfg's shape."""
     pictures = cfg.task.ways * (cfg.task.shots + cfg.task.queries)
     element = next(model.parameters()).element_size()
-    return model.activation_elements(pictures) * element * copies / 2**20  # type: ignore[operator]
+    return model.activation_elements(pictures) * element * copies / 2**20
 
 
-def train_chunk_size(cfg: Config, model: nn.Module) -> int:
+def train_chunk_size(cfg: Config, model: Backbone) -> int:
     """Tasks per vmap/fused call: runtime.chunk_size, lowered so that one call's estimated
     activations (SAVED_COPIES per task) fit in runtime.max_memory MB; at least one task."""
     r = cfg.runtime
@@ -64,7 +63,7 @@ def train_chunk_size(cfg: Config, model: nn.Module) -> int:
     return min(fit, r.chunk_size) if r.chunk_size else fit
 
 
-def eval_chunk_size(cfg: Config, model: nn.Module, batched: bool) -> int:
+def eval_chunk_size(cfg: Config, model: Backbone, batched: bool) -> int:
     """Test episodes per evaluation call: eval.chunk_size, or with 0 (auto) as many as fit in
     runtime.max_memory (EVAL_COPIES each), between VMAP_EVAL_CHUNK and EVAL_CHUNK_MAX;
     VMAP_EVAL_CHUNK where evaluation is not task-batched (`batched` False)."""

@@ -28,6 +28,7 @@ from metafew.runs import (
     discard_partial_writes,
     find_resumable,
     load_run_config,
+    record_resume,
     resolve_run,
 )
 from metafew.system import resolve_device, set_threads
@@ -149,9 +150,11 @@ def _prepare_main(
     data = load_run_data(cfg, run, progress)
     training_samplers(cfg, data)
     learner = _learner(cfg, group, data)
+    plan = {**learner.chunks.record(), "processes": group.world_size}
     if run is None:
-        plan = {**learner.chunks.record(), "processes": group.world_size}
         run = create_run(cfg, str(learner.device), claim, plan)
+    else:
+        record_resume(run, str(learner.device), plan)
     if not (run / "data.json").is_file():
         write_json(run / "data.json", data.provenance)
     return Launch(cfg, run, state, data, learner)

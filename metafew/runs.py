@@ -143,6 +143,21 @@ def create_run(
     return run
 
 
+def record_resume(run: Path, device: str, plan: dict[str, Any]) -> None:
+    """Append this resumption (time, command line, device as placed, `plan`) to env.json's
+    `resumed` list: the device and chunk sizes may differ from the first process's."""
+    path = run / "env.json"
+    try:
+        env = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        env = {}
+    if not isinstance(env, dict):
+        env = {}
+    entry = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": sys.argv, "device": device, **plan}
+    env["resumed"] = [*env.get("resumed", []), entry]
+    write_json(path, env)
+
+
 def resolve_run(path: Path | str) -> Path:
     """A run folder given by the user; RunError if it is not one."""
     run = Path(path)

@@ -114,3 +114,8 @@ def test_env_json_records_the_placed_device_and_the_chunk_sizes(tiny_cfg: Config
     assert env["eval_chunk_size"] == launch.learner.chunks.eval == eval_chunk_size(tiny_cfg, model, True)
     assert env["eval_vmap_chunk_size"] == eval_chunk_size(tiny_cfg, model, False)
     assert notes == []
+    with RunClaim() as claim:
+        again = prepare(Solo(), TrainRequest(None, [], str(launch.run), frozenset()), claim, notes.append)
+    env = json.loads((again.run / "env.json").read_text(encoding="utf-8"))
+    assert env["train_chunk_size"] == 1 and len(env["resumed"]) == 1
+    assert env["resumed"][0]["device"] == "cpu" and env["resumed"][0]["train_chunk_size"] == 1

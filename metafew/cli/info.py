@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from metafew.cli.common import Overrides, console, user_errors
-from metafew.compare import compare
+from metafew.compare import compare, format_table
 from metafew.config.load import describe_keys, dump_yaml, load_config
 from metafew.errors import EXIT_CODES
 from metafew.runs import list_runs
@@ -61,8 +61,8 @@ def compare_configs(
     with user_errors():
         for config in configs:
             load_config(config, overrides or [])  # every config valid before anything trains
-        folder, _ = compare(configs, overrides or [], out, episodes, seed, predict, console.print)
-        console.print((folder / "comparison.md").read_text(encoding="utf-8"), end="")
+        folder, entries = compare(configs, overrides or [], out, episodes, seed, predict, console.print)
+        console.print(format_table(entries, episodes), end="")
         console.print(f"saved: {folder / 'comparison.md'} and comparison.json (logs beside them)")
 
 

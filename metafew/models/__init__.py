@@ -7,6 +7,7 @@ task-batched form (T tasks in one pass) or None.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 import torch
@@ -20,8 +21,12 @@ from metafew.models.conv4 import BatchStatNorm, Conv4, NormStats
 
 
 class Backbone(Protocol):
-    """What the learner, the memory budget and the algorithms need of a model, besides being an
-    `nn.Module` whose forward is `(x, norm_stats=None, return_stats=False, embed=False)`."""
+    """What the learner, the memory budget and the algorithms need of a model: an `nn.Module`
+    whose forward is `(x, norm_stats=None, return_stats=False, embed=False)`, and these."""
+
+    def parameters(self, recurse: bool = True) -> Iterator[nn.Parameter]:
+        """The module's parameters (nn.Module's)."""
+        ...
 
     def activation_elements(self, pictures: int) -> int:
         """Elements of one copy of the activations of `pictures` pictures."""
@@ -54,9 +59,9 @@ class ModelFunction:
     """The model as a pure function of its parameters (metafew.functional.Forward), with
     `tasks`, its task-batched form, or None where the backbone has none."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: Conv4):
         self.model = model
-        self.tasks: TaskForward | None = model.task_forward()  # type: ignore[operator]
+        self.tasks: TaskForward | None = model.task_forward()
 
     def __call__(
         self,
@@ -70,7 +75,7 @@ class ModelFunction:
         return functional_call(self.model, params, (x,), kwargs)
 
 
-def make_forward(model: nn.Module) -> ModelFunction:
+def make_forward(model: Conv4) -> ModelFunction:
     """The model as a pure function of its parameters (with `.tasks`, see ModelFunction)."""
     return ModelFunction(model)
 
