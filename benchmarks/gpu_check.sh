@@ -52,7 +52,7 @@ from pathlib import Path
 
 import torch
 
-from metafew.config.load import load_config
+from metafew.config_load import load_config
 from metafew.data import load_data
 from metafew.engine import build_optimizer, training_samplers
 from metafew.learner import build_learner

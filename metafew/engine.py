@@ -14,7 +14,7 @@ import torch
 
 from metafew.checkpoints import MetaCheckpoint, restore_rng_states, rng_states, save
 from metafew.config import Config
-from metafew.config.load import to_dict
+from metafew.config_load import to_dict
 from metafew.data import FewShotData
 from metafew.distributed import Group, Solo
 from metafew.errors import DivergedError, Interrupted, RunError

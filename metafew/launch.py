@@ -12,7 +12,7 @@ from pathlib import Path
 from metafew import distributed
 from metafew.checkpoints import MetaCheckpoint, load_resume_checkpoint
 from metafew.config import Config
-from metafew.config.load import dump_yaml, from_dict, load_config, merge, parse_overrides, parse_yaml, to_dict
+from metafew.config_load import dump_yaml, from_dict, load_config, merge, parse_overrides, parse_yaml, to_dict
 from metafew.data import FewShotData, Splits, load_data
 from metafew.data.download import Progress as DownloadProgress
 from metafew.distributed import Group

@@ -31,7 +31,7 @@ import torch
 import metafew
 from metafew.checkpoints import load_resume_checkpoint
 from metafew.config import Config
-from metafew.config.load import dump_yaml, from_dict, parse_yaml, to_dict, upgrade_saved
+from metafew.config_load import dump_yaml, from_dict, parse_yaml, to_dict, upgrade_saved
 from metafew.errors import ConfigError, RunError
 from metafew.files import remove_temporaries, write_error, write_json, write_text_atomic
 

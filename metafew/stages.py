@@ -19,7 +19,7 @@ import torch
 
 from metafew.checkpoints import MetaCheckpoint, load_finetuned, load_meta, save
 from metafew.config import Config
-from metafew.config.load import from_dict, merge, parse_overrides, to_dict, upgrade_saved
+from metafew.config_load import from_dict, merge, parse_overrides, to_dict, upgrade_saved
 from metafew.data import LabeledImages, UnlabeledImages, load_class_folders, load_unlabeled
 from metafew.data.download import Progress as DownloadProgress
 from metafew.errors import ConfigError

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from metafew.config import Config
-from metafew.config.load import from_dict
+from metafew.config_load import from_dict
 
 # Tiny models gain nothing from threads, and several torch processes with 2 threads each on a
 # 2-core CI machine slow each other down many times over. Subprocesses inherit the variable.

@@ -15,7 +15,7 @@ import torch
 from conftest import OMNIGLOT_MINIMAL, TINY_OVERRIDES, count_builds, write_image
 
 from metafew.config import DataConfig, OmniglotConfig
-from metafew.config.load import from_dict
+from metafew.config_load import from_dict
 from metafew.data import FewShotData, LabeledImages, UnlabeledImages, load_data
 from metafew.data import cache as cache_module
 from metafew.data.cache import FORMAT, entry_path, load_entry, pack, store_entry, unpack

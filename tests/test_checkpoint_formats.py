@@ -21,7 +21,7 @@ from metafew.checkpoints import (
     save_checkpoint,
 )
 from metafew.config import Config
-from metafew.config.load import to_dict
+from metafew.config_load import to_dict
 from metafew.data import load_data
 from metafew.errors import RunError
 from metafew.runs import create_run

@@ -31,7 +31,7 @@ from PIL import Image
 from typer.testing import CliRunner, Result
 
 from metafew.cli import app
-from metafew.config.load import load_config, valid_keys
+from metafew.config_load import load_config, valid_keys
 from metafew.data import load_data
 from metafew.errors import EXIT_CODES
 from metafew.runs import load_run_config

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from metafew.config import AlgorithmConfig, Config, DataConfig, TaskConfig, TrainConfig
-from metafew.config.load import (
+from metafew.config_load import (
     describe_keys,
     dump_yaml,
     from_dict,

@@ -12,7 +12,7 @@ from conftest import TINY_OVERRIDES
 
 from metafew import engine
 from metafew.checkpoints import load_checkpoint
-from metafew.config.load import from_dict, merge, read_yaml_file, to_dict
+from metafew.config_load import from_dict, merge, read_yaml_file, to_dict
 from metafew.data import load_data
 from metafew.evaluation import evaluate, finetune, predict_proba
 from metafew.learner import build_learner, load_params

@@ -12,7 +12,7 @@ from conftest import make_class_folder, write_image
 from PIL import Image
 
 from metafew.config import DataConfig, GlyphsConfig
-from metafew.config.load import load_config
+from metafew.config_load import load_config
 from metafew.data import load_data, to_float
 from metafew.data.folder import (
     IMAGE_SUFFIXES,

@@ -14,7 +14,7 @@ from metafew import engine
 from metafew.checkpoints import FORMAT as CHECKPOINT_FORMAT
 from metafew.checkpoints import load_checkpoint, load_meta, restore_rng_states, rng_states, save_checkpoint
 from metafew.config import Config
-from metafew.config.load import to_dict
+from metafew.config_load import to_dict
 from metafew.data import load_data, to_float
 from metafew.errors import ConfigError, DataError, DivergedError, RunError
 from metafew.evaluation import (

@@ -14,7 +14,7 @@ from metafew.algorithms import MAML
 from metafew.algorithms.base import resolve_batching
 from metafew.config import AlgorithmConfig, MAMLConfig
 from metafew.models import make_forward
-from metafew.models.fused import _SharedWeightConv, _task_conv, _TaskStats, task_batched_forward
+from metafew.models.fused import _SharedWeightConv, _task_conv, _TaskStats
 from metafew.tasks import stack_episodes
 
 TASKS = 3
@@ -38,7 +38,7 @@ def test_task_batched_forward_equals_vmap_of_the_model(pool: str, params_kind: s
     x = stack_episodes(random_episodes(TASKS))[0]  # [T, N, C, H, W]
     dims = None if params_kind == "shared" else 0
     expected = vmap(make_forward(model), in_dims=(dims, 0))(params, x)  # [T, N, ways]
-    out = task_batched_forward(model, params, x.transpose(0, 1).contiguous())
+    out = model.task_forward()(params, x.transpose(0, 1).contiguous())
     torch.testing.assert_close(out.transpose(0, 1), expected, rtol=1e-12, atol=1e-12)
 
 
@@ -47,9 +47,9 @@ def test_task_batched_forward_without_autograd_equals_the_differentiable_one(poo
     model = tiny_model(pool=pool)
     params = _per_task({k: v.detach() for k, v in model.named_parameters()}, 4)
     x = stack_episodes(random_episodes(TASKS))[0].transpose(0, 1).contiguous()
-    expected = task_batched_forward(model, params, x)
+    expected = model.task_forward()(params, x)
     with torch.no_grad():  # the in-place BatchNorm and ReLU of evaluation's query pass
-        out = task_batched_forward(model, params, x)
+        out = model.task_forward()(params, x)
     torch.testing.assert_close(out, expected, rtol=1e-12, atol=1e-12)
 
 

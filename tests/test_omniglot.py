@@ -20,7 +20,7 @@ from conftest import shared_datasets
 from PIL import Image
 
 from metafew.config import DataConfig, OmniglotConfig
-from metafew.config.load import load_config
+from metafew.config_load import load_config
 from metafew.data import DATASETS, FewShotData, LabeledImages, load_data
 from metafew.data import omniglot as omni
 from metafew.errors import ConfigError, DataError

@@ -14,7 +14,7 @@ from metafew import engine
 from metafew.algorithms import Pretrain, build_algorithm
 from metafew.algorithms.pretrain import fit_head, global_batch, head_logits, init_head
 from metafew.config import Config
-from metafew.config.load import load_config
+from metafew.config_load import load_config
 from metafew.data import load_data
 from metafew.evaluation import finetune
 from metafew.learner import build_learner

@@ -14,7 +14,7 @@ from metafew import engine
 from metafew.algorithms import ProtoNet, build_algorithm
 from metafew.algorithms.protonet import prototype_head, prototypes, squared_distances
 from metafew.config import Config
-from metafew.config.load import load_config
+from metafew.config_load import load_config
 from metafew.data import load_data
 from metafew.errors import ConfigError
 from metafew.models import Conv4, make_forward

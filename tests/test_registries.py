@@ -12,7 +12,7 @@ import pytest
 from metafew.algorithms import ALGORITHMS, MAML, BatchedEvaluator, ProtoNet
 from metafew.budget import eval_chunk_size, train_chunk_size
 from metafew.config import AlgorithmConfig, Config, DataConfig, RuntimeConfig
-from metafew.config.load import REGISTRIES, choices_of, dump_yaml, load_config, upgrade_saved
+from metafew.config_load import REGISTRIES, choices_of, dump_yaml, load_config, upgrade_saved
 from metafew.data import DATASETS
 from metafew.distributed import Solo
 from metafew.errors import ConfigError

@@ -17,7 +17,7 @@ from metafew.algorithms import Reptile
 from metafew.algorithms.reptile import minibatch_indices
 from metafew.checkpoints import load_checkpoint, load_meta
 from metafew.config import AlgorithmConfig, Config, ReptileConfig
-from metafew.config.load import load_config
+from metafew.config_load import load_config
 from metafew.data import load_data
 from metafew.errors import Interrupted
 from metafew.functional import Params, adam_init, adam_step

@@ -26,7 +26,7 @@ from metafew.checkpoints import (
     save_checkpoint,
 )
 from metafew.config import Config
-from metafew.config.load import from_dict, load_config, parse_yaml, to_dict
+from metafew.config_load import from_dict, load_config, parse_yaml, to_dict
 from metafew.errors import RunError
 from metafew.files import write_json
 from metafew.runs import (

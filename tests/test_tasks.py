@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from metafew.config.load import load_config
+from metafew.config_load import load_config
 from metafew.data import LabeledImages, to_float
 from metafew.errors import ConfigError, DataError
 from metafew.tasks import Episode, EpisodeSampler, check_counts, stack_episodes

@@ -1,5 +1,5 @@
 """Algorithms: name -> constructor registry. Adding one = one file + one line here (the name
-becomes a valid `algorithm.name` through the registry; metafew.config.load reads its keys)."""
+becomes a valid `algorithm.name` through the registry; metafew.config_load reads its keys)."""
 
 from __future__ import annotations
 

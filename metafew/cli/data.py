@@ -13,7 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from metafew.cli.common import DownloadBar, Overrides, console, err, user_errors
-from metafew.config.load import load_config
+from metafew.config_load import load_config
 from metafew.data import DATASETS
 from metafew.data.cache import cache_root
 from metafew.data.check import check_pictures

@@ -10,7 +10,7 @@ from rich.table import Table
 
 from metafew.cli.common import Overrides, console, user_errors
 from metafew.compare import compare, format_table
-from metafew.config.load import describe_keys, dump_yaml, load_config
+from metafew.config_load import describe_keys, dump_yaml, load_config
 from metafew.errors import EXIT_CODES
 from metafew.runs import list_runs
 

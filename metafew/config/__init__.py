@@ -1,6 +1,6 @@
 """The experiment config: `schema` (typed defaults, the ground floor) and `load` (YAML, overrides,
 validation against the registries). The schema's classes are re-exported here; the loading
-functions are imported from `metafew.config.load`, which sits above the algorithm and dataset
+functions are imported from `metafew.config_load`, which sits above the algorithm and dataset
 registries and so cannot be imported by them."""
 
 from metafew.config.schema import (

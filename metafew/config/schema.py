@@ -2,7 +2,7 @@
 
 This module is the ground floor: it imports nothing of metafew but errors. Loading YAML,
 overrides and the validation against the algorithm and dataset registries live in
-`metafew.config.load`, which sits above those registries.
+`metafew.config_load`, which sits above those registries.
 """
 
 from __future__ import annotations

@@ -144,4 +144,6 @@ class Conv4(nn.Module):
         """The task-batched form (metafew.models.fused), which exists for the linear head only."""
         if not isinstance(self.head, nn.Linear):
             return None
-        return lambda params, x: task_batched_forward(self, params, x)
+        blocks: list[ConvBlock] = list(self.blocks)  # type: ignore[arg-type]
+        layout = [(block.stride, block.norm.eps) for block in blocks]
+        return lambda params, x: task_batched_forward(layout, params, x)

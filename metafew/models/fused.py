@@ -5,14 +5,12 @@ to second order, as `vmap` over the plain forward (tests/models/test_fused.py)."
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch.nn.grad import conv2d_input, conv2d_weight
-
-if TYPE_CHECKING:
-    from metafew.models.conv4 import Conv4, ConvBlock
 
 
 class _TaskStats(torch.autograd.Function):
@@ -113,20 +111,22 @@ def _task_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, stride
     return out.view(n, tasks, -1, *out.shape[2:])
 
 
-def task_batched_forward(model: Conv4, params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+def task_batched_forward(
+    blocks: Sequence[tuple[int, float]], params: dict[str, torch.Tensor], x: torch.Tensor
+) -> torch.Tensor:
     """Logits [N, T, ways] of T tasks at once, x: [N, T, C, H, W] (N pictures per task), each task
-    with its own BatchNorm statistics. A tensor in `params` is either the model parameter's shape
+    with its own BatchNorm statistics, for a Conv-4 whose blocks have these (stride, BatchNorm eps)
+    (`Conv4.task_forward` passes them). A tensor in `params` is either the model parameter's shape
     (shared by all tasks) or has a leading task dimension [T, ...]. Linear head only.
 
     The same function as `vmap(forward)` over tasks, written as ordinary batched ops so that no
     batching rule stands between the model and the convolution kernels."""
-    blocks: list[ConvBlock] = list(model.blocks)  # type: ignore[arg-type]
-    for k, block in enumerate(blocks):
+    for k, (stride, eps) in enumerate(blocks):
         p = f"blocks.{k}."
-        x = _task_conv(x, params[p + "conv.weight"], params[p + "conv.bias"], block.stride)
-        x = _task_norm(x, params[p + "norm.weight"], params[p + "norm.bias"], block.norm.eps)
+        x = _task_conv(x, params[p + "conv.weight"], params[p + "conv.bias"], stride)
+        x = _task_norm(x, params[p + "norm.weight"], params[p + "norm.bias"], eps)
         x = F.relu(x, inplace=not torch.is_grad_enabled())
-        if block.stride == 1:
+        if stride == 1:
             n, tasks = x.shape[:2]
             x = F.max_pool2d(x.flatten(1, 2), 2)
             x = x.view(n, tasks, -1, *x.shape[2:])

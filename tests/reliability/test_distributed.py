@@ -28,7 +28,7 @@ from test_cli import REPO, load_pt, ok, only_child, read_metrics, tiny
 from torch.distributed.run import get_args_parser
 
 from metafew.cli import app
-from metafew.config.load import load_config
+from metafew.config_load import load_config
 from metafew.distributed import ProcessGroup, Solo, requeue_slurm_job
 from metafew.errors import EXIT_CODES
 

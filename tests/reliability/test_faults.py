@@ -30,7 +30,7 @@ from test_cli import assert_user_error, invoke, load_pt, ok, only_child, read_me
 
 from metafew import launch, runs
 from metafew.algorithms.base import MetaStep
-from metafew.config.load import load_config
+from metafew.config_load import load_config
 from metafew.learner import Learner
 
 pytestmark = pytest.mark.fault
