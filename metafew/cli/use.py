@@ -9,7 +9,14 @@ import typer
 from rich.markup import escape
 
 from metafew import stages
-from metafew.cli.common import DownloadBar, Overrides, err, say, user_errors
+from metafew.cli.common import DownloadBar, err, say, user_errors
+
+FinetuneOverrides = Annotated[
+    list[str] | None, typer.Argument(help="finetune.* and runtime.* overrides, e.g. finetune.steps=50")
+]
+EvalOverrides = Annotated[
+    list[str] | None, typer.Argument(help="eval.* and runtime.* overrides, e.g. eval.episodes=100")
+]
 
 
 def finetune(
@@ -19,7 +26,7 @@ def finetune(
         typer.Option(help="folder of <class>/*.png (default: the dataset's novel classes)"),
     ] = None,
     checkpoint: Annotated[str, typer.Option(help="best or last")] = "best",
-    overrides: Overrides = None,
+    overrides: FinetuneOverrides = None,
 ) -> None:
     """Adapt M_meta to the labeled novel pictures; writes M_finetune under <run>/finetune/."""
     with user_errors(), DownloadBar() as download:
@@ -47,7 +54,7 @@ def predict(
 def evaluate(
     run: Annotated[Path, typer.Argument(help="meta-training run folder")],
     checkpoint: Annotated[str | None, typer.Option(help="best or last (default eval.checkpoint)")] = None,
-    overrides: Overrides = None,
+    overrides: EvalOverrides = None,
 ) -> None:
     """Accuracy on seeded test episodes of the novel classes: mean ± 95% CI, also as JSON."""
     with user_errors(), DownloadBar() as download:
