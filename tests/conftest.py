@@ -1,17 +1,15 @@
-"""Shared fixtures: tiny configs that train in seconds, image folders, the shared datasets."""
+"""The test environment (one torch thread, a private dataset cache) and the shared fixtures:
+tiny configs that train in seconds, image folders, the shared datasets. The helpers they are
+built on, and that test modules import, are in helpers.py."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from metafew.config import Config
 from metafew.config_load import from_dict
@@ -25,55 +23,16 @@ torch.set_num_threads(1)
 # never the user's cache. Tests of the cache itself point the variable at their tmp_path.
 os.environ["METAFEW_CACHE"] = tempfile.mkdtemp(prefix="metafew-test-cache-")
 
-TINY_OVERRIDES: dict = {
-    "data": {
-        "image_size": 16,
-        "glyphs": {
-            "train_classes": 5,
-            "val_classes": 3,
-            "novel_classes": 3,
-            "train_samples": 8,
-            "novel_labeled": 6,
-            "novel_unlabeled": 4,
-        },
-    },
-    "task": {"ways": 3, "shots": 2, "queries": 3},
-    "model": {"hidden": 8},
-    "train": {
-        "iterations": 4,
-        "meta_batch_size": 2,
-        "val_every": 2,
-        "val_episodes": 3,
-        "log_every": 1,
-        "checkpoint_every": 2,
-    },
-    "eval": {"episodes": 5},
-    "runtime": {"device": "cpu"},
-}
-"""A glyph experiment small enough for unit tests (3-way 2-shot on 16x16 images, 8 filters)."""
+# helpers.py asserts on behalf of the tests: pytest rewrites its asserts as it does theirs
+pytest.register_assert_rewrite("helpers")
 
-TINY_ARGS: list[str] = [
-    "data.image_size=16",
-    "data.glyphs.train_classes=5",
-    "data.glyphs.val_classes=3",
-    "data.glyphs.novel_classes=3",
-    "data.glyphs.train_samples=8",
-    "data.glyphs.novel_labeled=6",
-    "data.glyphs.novel_unlabeled=4",
-    "task.ways=3",
-    "task.shots=2",
-    "task.queries=3",
-    "model.hidden=8",
-    "train.iterations=4",
-    "train.meta_batch_size=2",
-    "train.val_every=2",
-    "train.val_episodes=3",
-    "train.log_every=1",
-    "train.checkpoint_every=2",
-    "runtime.device=cpu",
-    "eval.episodes=5",
-]
-"""The same tiny experiment as command-line overrides (add train.runs_dir=...)."""
+from helpers import (  # noqa: E402
+    OMNIGLOT_MINIMAL,
+    TINY_OVERRIDES,
+    make_class_folder,
+    shared_datasets,
+    write_image,
+)
 
 
 @pytest.fixture
@@ -81,23 +40,6 @@ def tiny_cfg(tmp_path: Path) -> Config:
     """The tiny experiment with its runs under tmp_path."""
     raw = {**TINY_OVERRIDES, "train": {**TINY_OVERRIDES["train"], "runs_dir": str(tmp_path / "runs")}}
     return from_dict(raw)
-
-
-def write_image(path: Path, size: int = 20, seed: int = 0, mode: str = "L") -> Path:
-    """A random picture at `path` (parents created)."""
-    rng = np.random.default_rng(seed)
-    shape = (size, size) if mode == "L" else (size, size, 3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode=mode).save(path)
-    return path
-
-
-def make_class_folder(root: Path, classes: dict[str, int], size: int = 20, suffix: str = ".png") -> Path:
-    """root/<class>/<i>.png with the given number of random pictures per class."""
-    for k, (name, count) in enumerate(classes.items()):
-        for i in range(count):
-            write_image(root / name / f"{i:03d}{suffix}", size, seed=1000 * k + i)
-    return root
 
 
 @pytest.fixture
@@ -111,12 +53,6 @@ def folder_dataset(tmp_path: Path) -> Path:
     return root
 
 
-def shared_datasets() -> Path:
-    """../shared/datasets beside the checkout, or $METAFEW_SHARED_DATA."""
-    default = Path(__file__).resolve().parents[2] / "shared" / "datasets"
-    return Path(os.environ.get("METAFEW_SHARED_DATA", default))
-
-
 @pytest.fixture
 def fashion_seed() -> Path:
     """The Fashion-MNIST seed folders; skipped (with the reason) where ../shared is absent."""
@@ -126,10 +62,6 @@ def fashion_seed() -> Path:
     return path
 
 
-OMNIGLOT_MINIMAL = {"small1": "images_background_small1.zip", "small2": "images_background_small2.zip"}
-"""The two minimal Omniglot zips in the shared datasets, by part name."""
-
-
 @pytest.fixture
 def omniglot_root() -> Path:
     """The shared folder holding the minimal Omniglot zips (skips where it is absent)."""
@@ -137,19 +69,3 @@ def omniglot_root() -> Path:
     if not all((root / name).is_file() for name in OMNIGLOT_MINIMAL.values()):
         pytest.skip(f"Omniglot minimal zips not found in {root} (set METAFEW_SHARED_DATA); CI has them")
     return root
-
-
-def count_builds(monkeypatch: pytest.MonkeyPatch, name: str) -> list[str]:
-    """Replace DATASETS[name].build with a wrapper that records each call (the decoding)."""
-    from metafew.data import DATASETS  # the registry as the tests see it
-
-    entry = DATASETS[name]
-    calls: list[str] = []
-    build = entry.build
-
-    def counting(cfg: Any, sources: list[Path], recorded: dict | None) -> Any:
-        calls.append(name)
-        return build(cfg, sources, recorded)
-
-    monkeypatch.setitem(DATASETS, name, dataclasses.replace(entry, build=counting))
-    return calls

@@ -7,12 +7,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_cli import load_pt, ok, only_child, read_metrics, tiny
+from helpers import load_pt, ok, only_child, read_metrics, tiny
 
 from metafew import engine
 
 ARGS = ["train.iterations=6"]
-"""The tiny experiment of conftest, 6 outer steps: checkpoints at 2, 4, 6, validation at 2, 4, 6."""
+"""The tiny experiment of tests/helpers.py, 6 outer steps: checkpoints at 2, 4, 6, validation at
+2, 4, 6."""
 
 
 def essentials(run: Path) -> list[dict[str, Any]]:

@@ -4,7 +4,8 @@ says it is handled, handled: unreadable pictures in a predict folder are skipped
 run name with `..` or `/` stays inside train.runs_dir, odd class names round-trip through
 predictions.csv, a 1-pixel picture is resized like any other.
 
-Finer-grained unit tests of the same checks live in tests/test_config.py and tests/test_data.py.
+Finer-grained unit tests of the same checks live in tests/config/test_config.py and
+tests/data/test_data.py.
 """
 
 from __future__ import annotations
@@ -18,8 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import make_class_folder, write_image
-from test_cli import assert_user_error, invoke, ok, only_child, tiny
+from helpers import assert_user_error, invoke, make_class_folder, ok, only_child, tiny, write_image
 
 pytestmark = pytest.mark.bad_input
 

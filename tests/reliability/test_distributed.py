@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import torch
 import typer
-from test_cli import REPO, load_pt, ok, only_child, read_metrics, tiny
+from helpers import REPO, load_pt, ok, only_child, read_metrics, tiny
 from torch.distributed.run import get_args_parser
 
 from metafew.cli import app

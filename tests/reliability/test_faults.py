@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import assert_user_error, invoke, load_pt, ok, only_child, read_metrics, tiny
 from survival import ARGS, fingerprint, reference_run, resume_auto, signal_after
-from test_cli import assert_user_error, invoke, load_pt, ok, only_child, read_metrics, tiny
 
 from metafew import launch, runs
 from metafew.algorithms.base import MetaStep
@@ -268,7 +268,7 @@ def test_divergence_mid_run_exits_5_and_keeps_finite_checkpoints(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The third outer step turns non-finite (an overflow after the checkpoint of iteration 2).
-    Divergence at iteration 1 from a bad config: tests/test_cli.py::test_divergence_exits_5..."""
+    Divergence at iteration 1 from a bad config: tests/cli/test_cli.py::test_divergence_exits_5..."""
     real_build = launch.build_learner
 
     def build(*args: Any, **kwargs: Any) -> Learner:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import OMNIGLOT_MINIMAL, count_builds, write_image
+from helpers import OMNIGLOT_MINIMAL, count_builds, write_image
 from PIL import Image
 from typer.testing import CliRunner, Result
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_OVERRIDES
+from helpers import REPO, TINY_OVERRIDES
 
 from metafew import engine
 from metafew.checkpoints import load_checkpoint
@@ -19,7 +19,7 @@ from metafew.learner import build_learner, load_params
 from metafew.runs import create_run
 from metafew.tasks import EpisodeSampler
 
-CONFIGS = sorted(Path(__file__).resolve().parents[1].glob("configs/*.yaml"))
+CONFIGS = sorted(REPO.glob("configs/*.yaml"))
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])

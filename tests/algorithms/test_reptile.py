@@ -4,13 +4,12 @@ mini-batch order, serial vs batched meta-batches, and the linear ε schedule."""
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from reference import random_episodes, tiny_model
+from helpers import REPO, random_episodes, tiny_model
 
 from metafew import engine
 from metafew.algorithms import Reptile
@@ -24,7 +23,7 @@ from metafew.functional import Params, adam_init, adam_step
 from metafew.models import Conv4, make_forward
 from metafew.runs import create_run
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = REPO / "configs"
 
 
 def _reptile(

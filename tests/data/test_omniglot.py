@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import shared_datasets
+from helpers import shared_datasets
 from PIL import Image
 
 from metafew.config import DataConfig, OmniglotConfig

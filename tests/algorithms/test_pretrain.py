@@ -3,12 +3,19 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
-from reference import QUERIES, SHOTS, SIZE, WAYS, random_episodes, tiny_model
+from helpers import (
+    QUERIES,
+    REPO,
+    SHOTS,
+    SIZE,
+    WAYS,
+    assert_gradient_of_hand_written_loss,
+    random_episodes,
+    tiny_model,
+)
 
 from metafew import engine
 from metafew.algorithms import Pretrain, build_algorithm
@@ -22,7 +29,7 @@ from metafew.models import Conv4, make_forward
 from metafew.runs import create_run, read_metrics
 
 CLASSES = 7
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = REPO / "configs"
 
 
 def _pretrain(model: Conv4, cosine: bool = False, lr: float = 0.5) -> Pretrain:
@@ -62,14 +69,7 @@ def test_gradient_equals_autograd_of_a_hand_written_loss(cosine: bool) -> None:
         logits = 10.0 * (features / features.norm(dim=1, keepdim=True)) @ (w / w.norm(dim=1, keepdim=True)).T
     else:
         logits = features @ w.T + params["algo.head.bias"]
-    loss = F.cross_entropy(logits, labels)
-    trained = [k for k in params if not k.startswith("head.")]
-    expected = dict(zip(trained, torch.autograd.grad(loss, [params[k] for k in trained])))
-    for k in trained:
-        torch.testing.assert_close(step.grads[k], expected[k], rtol=1e-9, atol=1e-11)
-    assert torch.equal(step.grads["head.weight"], torch.zeros_like(params["head.weight"]))
-    assert float(step.losses.mean()) == pytest.approx(float(loss.detach()), rel=1e-12)
-    assert step.losses.shape == step.accuracies.shape == (3,)
+    assert_gradient_of_hand_written_loss(step, params, F.cross_entropy(logits, labels))
 
 
 def test_the_global_head_is_deterministic_and_sized_by_the_meta_train_classes() -> None:

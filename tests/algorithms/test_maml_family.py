@@ -10,8 +10,16 @@ from collections.abc import Callable
 import pytest
 import torch
 import torch.nn.functional as F
-from reference import random_episodes, tiny_model
-from torch.func import functional_call
+from helpers import random_episodes, tiny_model
+from reference import (
+    BnOf,
+    LrOf,
+    constant,
+    fresh_leaves,
+    query_loss,
+    reference_meta_gradient,
+    reference_trajectory,
+)
 
 from metafew import engine
 from metafew.algorithms import MAML, build_algorithm
@@ -29,12 +37,9 @@ from metafew.tasks import Episode
 LR = 0.3
 RTOL, ATOL = 1e-9, 1e-11
 
-LrOf = Callable[[str, int], torch.Tensor | float]
-BnOf = Callable[[int], Params]
-
 
 # ---------------------------------------------------------------------------------------------
-# fixtures and the hand-written reference
+# fixtures (the hand-written reference is in reference.py)
 
 
 def _algo(
@@ -52,7 +57,7 @@ def _algo(
 
 def _leaves(model: Conv4, algo: MAML | None = None) -> Params:
     """Fresh float64 leaf tensors: the model's parameters and the algorithm's `algo.*` ones."""
-    params = {k: v.detach().clone().requires_grad_() for k, v in model.named_parameters()}
+    params = fresh_leaves(model)
     if algo is not None:
         extra = algo.init_meta_params(params)
         params |= {k: v.detach().double().clone().requires_grad_() for k, v in extra.items()}
@@ -64,68 +69,9 @@ def _set(params: Params, key: str, value: torch.Tensor | float) -> None:
         params[key].copy_(torch.as_tensor(value, dtype=torch.float64).expand_as(params[key]))
 
 
-def reference_trajectory(
-    model: Conv4,
-    weights: Params,
-    sx: torch.Tensor,
-    sy: torch.Tensor,
-    steps: int,
-    keys: list[str],
-    lr_of: LrOf,
-    bn_of: BnOf | None = None,
-    first_order: bool = False,
-) -> list[Params]:
-    """[φ⁰, ..., φᴷ] written out with torch.autograd: only `keys` are adapted, with step size
-    lr_of(key, step); bn_of(step) gives the BatchNorm tensors of the forward at `step` (BNWB)."""
-
-    def at(fast: Params, step: int) -> Params:
-        return fast if bn_of is None else {**fast, **bn_of(step)}
-
-    fast = dict(weights)
-    out = [at(fast, 0)]
-    for step in range(steps):
-        loss = F.cross_entropy(functional_call(model, at(fast, step), (sx,)), sy)
-        grads = torch.autograd.grad(
-            loss, [fast[k] for k in keys], create_graph=not first_order, retain_graph=True
-        )
-        fast = dict(fast)
-        for k, g in zip(keys, grads):
-            fast[k] = fast[k] - lr_of(k, step) * (g.detach() if first_order else g)
-        out.append(at(fast, step + 1))
-    return out
-
-
-def _query_loss(model: Conv4, weights: Params, ep: Episode) -> torch.Tensor:
-    return F.cross_entropy(functional_call(model, weights, (ep.query_x,)), ep.query_y)
-
-
-def reference_meta_gradient(
-    model: Conv4,
-    leaves: Params,
-    episodes: list[Episode],
-    steps: int,
-    keys: list[str],
-    lr_of: LrOf,
-    first_order: bool = False,
-) -> Params:
-    """∇ of the mean final query loss w.r.t. every leaf, by hand."""
-    weights = model_params(leaves)
-    total = 0.0
-    for ep in episodes:
-        phi = reference_trajectory(
-            model, weights, ep.support_x, ep.support_y, steps, keys, lr_of, first_order=first_order
-        )[-1]
-        total = total + _query_loss(model, phi, ep)
-    return dict(zip(leaves, torch.autograd.grad(total / len(episodes), list(leaves.values()))))
-
-
 def _assert_same(actual: Params, expected: Params, keys: list[str] | None = None) -> None:
     for k in keys if keys is not None else list(expected):
         torch.testing.assert_close(actual[k], expected[k], rtol=RTOL, atol=ATOL, msg=k)
-
-
-def _const(lr: float) -> LrOf:
-    return lambda key, step: lr
 
 
 def _head(params: Params) -> list[str]:
@@ -148,7 +94,7 @@ def test_anil_adapts_only_the_head_and_leaves_the_body_at_theta() -> None:
     adapted = anil.adapt(params, ep.support_x, ep.support_y, steps=2)
     for k in _body(params):
         assert torch.equal(adapted[k], params[k]), k
-    expected = reference_trajectory(model, params, ep.support_x, ep.support_y, 2, _head(params), _const(LR))
+    expected = reference_trajectory(model, params, ep.support_x, ep.support_y, 2, _head(params), constant(LR))
     _assert_same(adapted, expected[-1], _head(params))
     assert not torch.allclose(adapted["head.weight"], params["head.weight"])
 
@@ -162,7 +108,7 @@ def test_anil_meta_gradient_equals_a_head_only_reference(batching: str, first_or
         params, episodes
     )
     expected = reference_meta_gradient(
-        model, params, episodes, 2, _head(params), _const(LR), first_order=first_order
+        model, params, episodes, 2, _head(params), constant(LR), first_order=first_order
     )
     _assert_same(step.grads, expected, _head(params))  # the head: MAML restricted to the head
     _assert_same(step.grads, expected, _body(params))  # the body: through the forwards only
@@ -364,9 +310,9 @@ def _bn_of(params: Params, steps: int) -> BnOf:
 def _bnwb_reference_loss(model: Conv4, params: Params, ep: Episode, steps: int, bn_of: BnOf) -> torch.Tensor:
     keys = [k for k in model_params(params) if ".norm." not in k]
     phi = reference_trajectory(
-        model, model_params(params), ep.support_x, ep.support_y, steps, keys, _const(LR), bn_of
+        model, model_params(params), ep.support_x, ep.support_y, steps, keys, constant(LR), bn_of
     )
-    return _query_loss(model, phi[-1], ep)
+    return query_loss(model, phi[-1], ep)
 
 
 def test_bnwb_creates_a_batchnorm_set_for_every_step_and_does_not_adapt_it() -> None:
@@ -410,7 +356,7 @@ def test_bnwb_reuses_the_last_set_beyond_the_trained_steps() -> None:
     params = _bnwb_leaves(model, algo)
     keys = [k for k in model_params(params) if ".norm." not in k]
     expected = reference_trajectory(
-        model, model_params(params), ep.support_x, ep.support_y, 3, keys, _const(LR), _bn_of(params, 1)
+        model, model_params(params), ep.support_x, ep.support_y, 3, keys, constant(LR), _bn_of(params, 1)
     )[-1]
     _assert_same(algo.adapt(params, ep.support_x, ep.support_y, 3), expected)
 
@@ -452,9 +398,15 @@ def test_msl_weights_schedule(steps: int) -> None:
 def _msl_reference_loss(model: Conv4, params: Params, ep: Episode, weights: list[float]) -> torch.Tensor:
     steps = len(weights)
     phis = reference_trajectory(
-        model, model_params(params), ep.support_x, ep.support_y, steps, list(model_params(params)), _const(LR)
+        model,
+        model_params(params),
+        ep.support_x,
+        ep.support_y,
+        steps,
+        list(model_params(params)),
+        constant(LR),
     )
-    return sum(w * _query_loss(model, phi, ep) for w, phi in zip(weights, phis[1:]))
+    return sum(w * query_loss(model, phi, ep) for w, phi in zip(weights, phis[1:]))
 
 
 @pytest.mark.parametrize("iteration", [0, 30, 500])
@@ -495,8 +447,12 @@ def test_da_is_first_order_before_n_iterations_and_second_order_after(
     algo = _algo(model, first_order_iterations=3)
     grads = algo.meta_gradients(params, episodes, iteration).grads
     keys = list(params)
-    expected = reference_meta_gradient(model, params, episodes, 2, keys, _const(LR), first_order=first_order)
-    other = reference_meta_gradient(model, params, episodes, 2, keys, _const(LR), first_order=not first_order)
+    expected = reference_meta_gradient(
+        model, params, episodes, 2, keys, constant(LR), first_order=first_order
+    )
+    other = reference_meta_gradient(
+        model, params, episodes, 2, keys, constant(LR), first_order=not first_order
+    )
     _assert_same(grads, expected)
     assert not torch.allclose(grads["blocks.0.conv.weight"], other["blocks.0.conv.weight"], rtol=1e-3)
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY_ARGS, make_class_folder
+from helpers import make_class_folder, tiny
 from typer.testing import CliRunner
 
 from metafew.cli import app
@@ -93,7 +93,7 @@ def cli(*args: object) -> tuple[int, str]:
 
 def test_cli_story_on_a_flat_folder(flat: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    args = [*TINY_ARGS, f"train.runs_dir={runs}", "data.dataset=folder", f"data.root={flat}"]
+    args = tiny(runs, "data.dataset=folder", f"data.root={flat}")
     code, out = cli(
         "train", *args, "data.image_size=16", "data.novel_labeled=6", "data.folder.val_fraction=0.25"
     )

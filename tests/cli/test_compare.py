@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import TINY_ARGS
+from helpers import tiny
 from typer.testing import CliRunner
 
 from metafew.cli import app
@@ -15,7 +15,7 @@ from metafew.compare import Entry, format_table
 def test_compare_trains_evaluates_and_tabulates_every_config(tmp_path: Path) -> None:
     (tmp_path / "maml.yaml").write_text("# metafew train\nalgorithm:\n  first_order: false\n")
     (tmp_path / "fomaml.yaml").write_text("# metafew train\nalgorithm:\n  first_order: true\n")
-    sets = [a for arg in [*TINY_ARGS, f"train.runs_dir={tmp_path / 'runs'}"] for a in ("--set", arg)]
+    sets = [a for arg in tiny(tmp_path / "runs") for a in ("--set", arg)]
     args = ["compare", str(tmp_path / "maml.yaml"), str(tmp_path / "fomaml.yaml"), *sets]
     result = CliRunner().invoke(app, [*args, "--episodes", "7", "--out", str(tmp_path / "cmp")])
     assert result.exit_code == 0, result.output

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import OMNIGLOT_MINIMAL, TINY_OVERRIDES, count_builds, write_image
+from helpers import OMNIGLOT_MINIMAL, TINY_OVERRIDES, count_builds, write_image
 
 from metafew.config import DataConfig, OmniglotConfig
 from metafew.config_load import from_dict

@@ -2,8 +2,8 @@
 glyphs and on a folder dataset; resume and interruption; every documented user error; the
 README's set-up commands and the shipped configs.
 
-Commands run in-process through Typer's CliRunner on the tiny experiment of conftest (a train
-takes about a second); one test checks both real entry points in subprocesses.
+Commands run in-process through Typer's CliRunner on the tiny experiment of tests/helpers.py (a
+train takes about a second); one test checks both real entry points in subprocesses.
 """
 
 from __future__ import annotations
@@ -17,8 +17,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,58 +24,26 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import TINY_ARGS, make_class_folder
+from helpers import (
+    REPO,
+    assert_user_error,
+    invoke,
+    load_pt,
+    make_class_folder,
+    ok,
+    only_child,
+    read_metrics,
+    tiny,
+)
 from PIL import Image
-from typer.testing import CliRunner, Result
 
-from metafew.cli import app
 from metafew.config_load import load_config, valid_keys
 from metafew.data import load_data
 from metafew.errors import EXIT_CODES
 from metafew.runs import load_run_config
 
-REPO = Path(__file__).resolve().parents[1]
-SIGNALS = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name)]
-
-
 # ---------------------------------------------------------------------------------------------
 # helpers
-
-
-@contextmanager
-def _in_process() -> Iterator[None]:
-    """Run a command on one torch thread (the CPUs are shared), and give pytest its own signal
-    handlers back afterwards (`train` installs SIGINT/SIGTERM/SIGUSR1 handlers)."""
-    saved = {s: signal.getsignal(s) for s in SIGNALS}
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(threads)
-        for sig, handler in saved.items():
-            signal.signal(sig, handler)
-
-
-def invoke(*args: object, env: dict[str, str] | None = None) -> Result:
-    """Run `metafew ARGS...` in-process; a crash (not a user error) fails the test at once."""
-    with _in_process():
-        result = CliRunner().invoke(app, [str(a) for a in args], env=env)
-    if result.exception is not None and not isinstance(result.exception, SystemExit):
-        raise AssertionError(f"metafew {args} crashed:\n{result.output}") from result.exception
-    return result
-
-
-def ok(*args: object, env: dict[str, str] | None = None) -> Result:
-    """Run a command that must succeed."""
-    result = invoke(*args, env=env)
-    assert result.exit_code == 0, f"metafew {args} -> {result.exit_code}\n{result.output}"
-    return result
-
-
-def tiny(runs_dir: Path, *extra: str) -> list[str]:
-    """The tiny experiment's overrides with its runs under `runs_dir`."""
-    return [*TINY_ARGS, f"train.runs_dir={runs_dir}", *extra]
 
 
 def train_run(runs_dir: Path, *extra: str) -> Path:
@@ -89,39 +55,13 @@ def train_run(runs_dir: Path, *extra: str) -> Path:
     return run
 
 
-def only_child(folder: Path) -> Path:
-    """The single entry of `folder`."""
-    children = list(folder.iterdir())
-    assert len(children) == 1, children
-    return children[0]
-
-
-def assert_user_error(result: Result, code: int, *words: str) -> str:
-    """Exit `code`, exactly one line on stderr naming every word, no traceback."""
-    assert result.exit_code == code, f"expected exit {code}, got {result.exit_code}:\n{result.output}"
-    assert "Traceback" not in result.output
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, f"expected one line on stderr, got:\n{result.stderr}"
-    for word in words:
-        assert word in lines[0], f"{word!r} not in {lines[0]!r}"
-    return lines[0]
-
-
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under `folder` with its bytes."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def read_metrics(run: Path) -> list[dict]:
-    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-
-
 def train_records(run: Path) -> list[dict]:
     return [r for r in read_metrics(run) if "loss" in r]
-
-
-def load_pt(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def read_predictions(folder: Path) -> tuple[list[str], list[list[str]]]:

@@ -3,12 +3,10 @@ prototype head and the meta-gradient."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 import torch.nn.functional as F
-from reference import WAYS, random_episodes, tiny_model
+from helpers import REPO, WAYS, assert_gradient_of_hand_written_loss, random_episodes, tiny_model
 
 from metafew import engine
 from metafew.algorithms import ProtoNet, build_algorithm
@@ -21,7 +19,7 @@ from metafew.models import Conv4, make_forward
 from metafew.runs import create_run, read_metrics
 from metafew.tasks import Episode
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = REPO / "configs"
 
 
 def _protonet(model: Conv4, batching: str = "loop", chunk: int = 0) -> ProtoNet:
@@ -81,14 +79,7 @@ def test_meta_gradient_equals_autograd_of_a_hand_written_loss(batching: str, chu
     model, episodes = tiny_model(), random_episodes(3, interleave_support=True)
     params = dict(model.named_parameters())
     step = _protonet(model, batching, chunk).meta_gradients(params, episodes, 0)
-    loss = hand_written_loss(model, episodes)
-    body = [k for k in params if not k.startswith("head.")]
-    expected = dict(zip(body, torch.autograd.grad(loss, [params[k] for k in body])))
-    for k in body:
-        torch.testing.assert_close(step.grads[k], expected[k], rtol=1e-9, atol=1e-11)
-    assert torch.equal(step.grads["head.weight"], torch.zeros_like(params["head.weight"]))
-    assert float(step.losses.mean()) == pytest.approx(float(loss.detach()), rel=1e-12)
-    assert step.losses.shape == step.accuracies.shape == (3,)
+    assert_gradient_of_hand_written_loss(step, params, hand_written_loss(model, episodes))
 
 
 def test_adapt_ignores_steps_and_lr() -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from reference import random_episodes, tiny_model
+from helpers import random_episodes, tiny_model
 from torch.autograd import gradcheck, gradgradcheck
 from torch.func import vmap
 

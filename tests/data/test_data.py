@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import make_class_folder, write_image
+from helpers import make_class_folder, write_image
 from PIL import Image
 
 from metafew.config import DataConfig, GlyphsConfig
