@@ -241,9 +241,11 @@ def _create_in_child(runs_dir: str) -> str:
 
 
 def test_16_runs_started_in_the_same_second_get_16_folders(tmp_path: Path) -> None:
-    ctx = multiprocessing.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    # spawn, not fork: a child forked from a process whose torch threads or locks are busy can
+    # hang for ever in a futex (seen under load); a hang must fail the test, not stall the suite
+    ctx = multiprocessing.get_context("spawn")
     with ctx.Pool(4) as pool:
-        made = pool.map(_create_in_child, [str(tmp_path / "runs")] * 16)
+        made = pool.map_async(_create_in_child, [str(tmp_path / "runs")] * 16).get(timeout=300)
     assert len(set(made)) == 16
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == sorted(Path(p).name for p in made)
     for folder in map(Path, made):
