@@ -1,5 +1,5 @@
 """BatchNorm statistics of the task-batched pass: torch.var_mean over the strided dims (0, 3, 4)
-of [N, T, C, H, W] against metafew's two contiguous stages (models._TaskStats), forward only and
+of [N, T, C, H, W] against metafew's two contiguous stages (models.fused._TaskStats), forward only and
 forward + double backward, on the Omniglot workload's activation shapes.
 
     python benchmarks/bn_stats.py [--repeats 15]
