@@ -7,8 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+import torch
+
 from metafew.config import Config
-from metafew.models import Backbone
+from metafew.errors import ConfigError
+from metafew.models import Backbone, build_model
+from metafew.system import available_memory
 
 SAVED_COPIES = 10
 """Activation-sized tensors one task keeps alive for a second-order meta-gradient: measured about
@@ -75,3 +79,39 @@ def eval_chunk_size(cfg: Config, model: Backbone, batched: bool) -> int:
         return EVAL_CHUNK_MAX
     fit = int(cfg.runtime.max_memory // episode_mb(cfg, model, EVAL_COPIES))
     return min(max(VMAP_EVAL_CHUNK, fit), EVAL_CHUNK_MAX)
+
+
+PARAMETER_COPIES = 6
+"""Parameter-sized tensors training keeps: the weights, their gradient, Adam's two moments, and
+the inner loop's adapted copy with its gradient."""
+
+
+def estimated_bytes(cfg: Config) -> tuple[int, int]:
+    """(bytes of the parameter-sized tensors, bytes of one task's activations) for cfg's model and
+    task, from a model built on the meta device (shapes only, nothing allocated)."""
+    with torch.device("meta"):
+        model = build_model(cfg.model, cfg.data.channels, cfg.data.image_size, cfg.task.ways)
+    params = sum(p.numel() for p in model.parameters()) * 4 * PARAMETER_COPIES
+    pictures = cfg.task.ways * (cfg.task.shots + cfg.task.queries)
+    return params, model.activation_elements(pictures) * 4 * SAVED_COPIES
+
+
+def check_fits(cfg: Config, available: int | None = None) -> None:
+    """ConfigError (before any folder or tensor exists) when one task of cfg's model cannot fit in
+    the memory this machine has available (`available` bytes; default: MemAvailable)."""
+    available = available_memory() if available is None else available
+    if available is None:
+        return
+    params, task = estimated_bytes(cfg)
+    if params + task <= available:
+        return
+    what = (
+        f"model.hidden = {cfg.model.hidden}"
+        if params >= task
+        else f"data.image_size = {cfg.data.image_size} with {cfg.task.ways}-way "
+        f"{cfg.task.shots}-shot {cfg.task.queries} queries"
+    )
+    raise ConfigError(
+        f"{what}: one task needs about {(params + task) / 2**30:.1f} GiB, this machine has "
+        f"{available / 2**30:.1f} GiB available; use a smaller model.hidden, data.image_size or task"
+    )

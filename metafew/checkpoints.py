@@ -88,6 +88,19 @@ def _field(state: dict[str, Any], key: str, kind: type | tuple[type, ...], sourc
     return value
 
 
+def _finite(params: Tensors, source: str) -> Tensors:
+    """`params`, each a tensor of finite values; RunError naming the first that is not."""
+    for key, value in params.items():
+        if not isinstance(value, torch.Tensor):
+            raise RunError(f"checkpoint {source!r}: parameter {key!r} is not a tensor")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise RunError(
+                f"checkpoint {source!r} holds non-finite weights (NaN or Inf in {key!r}): it is from a "
+                "diverged run; use another checkpoint (last.prev.pt, best.pt) or retrain"
+            )
+    return params
+
+
 @dataclass(frozen=True)
 class MetaCheckpoint:
     """Everything a bit-identical continuation of meta-training needs. MAML++'s annealing and the
@@ -124,7 +137,7 @@ class MetaCheckpoint:
             if best is None
             else float(_field(state, "best_accuracy", (int, float), source)),
             best_iteration=_field(state, "best_iteration", int, source),
-            params=_field(state, "params", dict, source),
+            params=_finite(_field(state, "params", dict, source), source),
             train_classes=_field(state, "train_classes", int, source),
             optimizer=_field(state, "optimizer", dict, source),
             rng=_field({"rng": rng}, "rng", dict, source),
@@ -162,7 +175,7 @@ class FinetunedCheckpoint:
         """The record in a loaded file; RunError if a field is missing or wrong."""
         stats = _field(state, "stats", list, source)
         return cls(
-            params=_field(state, "params", dict, source),
+            params=_finite(_field(state, "params", dict, source), source),
             stats=[(m, v) for m, v in stats],
             classes=[str(c) for c in _field(state, "classes", list, source)],
             config=_field(state, "config", dict, source),

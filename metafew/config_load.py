@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -67,6 +68,8 @@ def parse_yaml(text: str, source: str) -> Any:
     """Parse YAML safely (no python tags), with `1e-3` as a float; errors name `source`."""
     try:
         return yaml.load(text, Loader=_Loader)
+    except RecursionError:
+        raise ConfigError(f"{source}: YAML nested too deeply to be a config (sections go 3 deep)") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
@@ -127,7 +130,12 @@ def _coerce(path: str, tp: Any, value: Any, meta: dict[str, Any]) -> Any:
         fix = " (quote it in YAML)" if tp is str else ""
         null = " or null" if optional else ""
         raise ConfigError(f"{path} = {value!r}: expected {_describe(tp)}{null}{fix}")
-    value = float(value) if tp is float else value
+    if tp is float:
+        if isinstance(value, int) and abs(value) > INT_MAX:
+            raise ConfigError(f"{path} = {value}: must be a number below {INT_MAX}")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ConfigError(f"{path} = {value!r}: must be a finite number")
     _check_range(path, value, meta)
     return value
 
@@ -138,7 +146,14 @@ def choices_of(meta: dict[str, Any]) -> tuple[str, ...] | None:
     return tuple(REGISTRIES[registry]) if registry else meta.get("choices")
 
 
+INT_MAX = 2**31 - 1
+"""The largest integer any config field takes (seeds, counts, sizes): larger ones cannot be meant
+and overflow the random generators and tensor sizes later."""
+
+
 def _check_range(path: str, value: Any, meta: dict[str, Any]) -> None:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT_MAX:
+        raise ConfigError(f"{path} = {value}: must be <= {INT_MAX}")
     choices = choices_of(meta)
     if choices and value not in choices:
         close = difflib.get_close_matches(str(value), choices, n=1)

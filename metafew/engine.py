@@ -14,11 +14,12 @@ import torch
 
 from metafew.checkpoints import MetaCheckpoint, restore_rng_states, rng_states, save
 from metafew.config import Config
-from metafew.config_load import to_dict
+from metafew.config_load import dump_yaml, to_dict
 from metafew.data import FewShotData
 from metafew.distributed import Group, Solo
 from metafew.errors import DivergedError, Interrupted, RunError
 from metafew.evaluation import confidence_interval, evaluate
+from metafew.files import write_text_atomic
 from metafew.functional import Params
 from metafew.learner import Learner, build_learner, load_params
 from metafew.plots import plot_learning_curve
@@ -72,7 +73,10 @@ def training_samplers(cfg: Config, data: FewShotData) -> tuple[EpisodeSampler, E
 def _checkpoint(
     run: Path, name: str, learner: Learner, opt: torch.optim.Optimizer, state: TrainState, cfg: Config
 ) -> None:
-    """checkpoints/<name>.pt: everything a bit-identical continuation needs (MetaCheckpoint)."""
+    """checkpoints/<name>.pt: everything a bit-identical continuation needs (MetaCheckpoint).
+    config.yaml follows the checkpoints: a resumed run whose config changed (--allow-change, a new
+    train.iterations) rewrites it only once a checkpoint of the changed config exists, so a
+    continuation that diverges at once leaves the run as it was."""
     record = MetaCheckpoint(
         iteration=state.iteration,
         best_accuracy=state.best_accuracy,
@@ -84,6 +88,10 @@ def _checkpoint(
         config=to_dict(cfg),
     )
     save(run / "checkpoints" / f"{name}.pt", record, keep_previous=name == "last")
+    text = dump_yaml(cfg)
+    config = run / "config.yaml"
+    if not config.is_file() or config.read_text(encoding="utf-8") != text:
+        write_text_atomic(config, text)
 
 
 def _restore(learner: Learner, opt: torch.optim.Optimizer, cfg: Config, saved: MetaCheckpoint) -> TrainState:
@@ -105,7 +113,14 @@ def _check_finite(iteration: int, loss: float, grads: Params) -> None:
         )
 
 
-def _validate(cfg: Config, learner: Learner, sampler: EpisodeSampler) -> tuple[float, float]:
+def _validate(
+    cfg: Config,
+    learner: Learner,
+    sampler: EpisodeSampler,
+    stop_requested: Callable[[], bool] = lambda: False,
+) -> tuple[float, float]:
+    """Mean validation accuracy and its 95% half-width; Interrupted when `stop_requested()`
+    turns true between chunks of episodes."""
     accs = evaluate(
         learner,
         sampler,
@@ -113,6 +128,7 @@ def _validate(cfg: Config, learner: Learner, sampler: EpisodeSampler) -> tuple[f
         cfg.algorithm.eval_inner_steps,
         None,  # the algorithm's own step size (learned for Meta-SGD and MAML++ LSLR)
         cfg.eval.norm,
+        stop_requested=stop_requested,
     )
     return confidence_interval(accs)
 
@@ -131,9 +147,12 @@ def train(
 
     With `resume` (a checkpoint) the run continues exactly where it stopped: the episode
     streams are functions of (seed, index), and weights, Adam state and random streams are
-    restored. When `stop_requested()` turns true (a signal), the current step finishes, `last.pt`
-    is written and Interrupted is raised. With a process `group` (torchrun) each process
-    computes its share of every meta-batch and only the main process writes into `run`.
+    restored. When `stop_requested()` turns true (a signal), the current step finishes (its
+    validation, if one is running, is cut short between chunks and left out: the resumed run
+    does it first), `last.pt` is written and Interrupted is raised; a request that came before
+    the first step (while the run was being prepared, e.g. during data loading) raises at once,
+    nothing written. With a process `group` (torchrun) each process computes its share of every
+    meta-batch and only the main process writes into `run`.
     `learner`: this process's, as metafew.launch built it (None: built here on runtime.device).
     """
     a, group = cfg.train, group or Solo()
@@ -147,6 +166,16 @@ def train(
     if group.is_main:
         truncate_metrics(run, state.iteration)
     sampler, val_sampler = training_samplers(cfg, data)
+    validated = True
+    if group.is_main and resume is not None and val_sampler is not None:
+        validated = _redo_cut_validation(cfg, run, learner, opt, state, val_sampler, stop_requested)
+    if group.any(stop_requested() or not validated):  # every process, whatever it did before
+        again = (
+            "run the same command again to start"  # a new run's folder goes (launch.discard_if_unsaved)
+            if resume is None
+            else f"continue with `metafew train --resume {run}`"
+        )
+        raise Interrupted(f"stopped before iteration {state.iteration + 1}, nothing trained yet; {again}")
     started, done_at_start = time.perf_counter(), state.iteration
     saved_at = [state.iteration]
 
@@ -177,14 +206,21 @@ def train(
             record = {"iteration": state.iteration, "loss": loss, "accuracy": accuracy, "lr": lr}
             elapsed = time.perf_counter() - started
             record["tasks_per_s"] = (state.iteration - done_at_start) * a.meta_batch_size / max(elapsed, 1e-9)
-            last = state.iteration == a.iterations
-            if group.is_main:
-                _log_and_validate(cfg, run, learner, opt, state, record, val_sampler)
+            last, validated = state.iteration == a.iterations, True
+            if group.is_main:  # the others wait in group.any below while rank 0 validates
+                validated = _log_and_validate(
+                    cfg, run, learner, opt, state, record, val_sampler, stop_requested
+                )
             if state.iteration % a.checkpoint_every == 0 or last:
                 save_last()
             if progress is not None:
                 progress(state.iteration, a.iterations, record)
-            if group.any(stop_requested()) and not last:
+            # the same collectives on every process: a stop anywhere, then (at the last step, which
+            # otherwise ends normally) whether rank 0's final validation was cut short
+            stop = group.any(stop_requested() or not validated)
+            if stop and last:
+                stop = group.any(not validated)
+            if stop:  # the step is complete; a validation cut short is redone on resume
                 save_last()
                 raise Interrupted(
                     f"stopped after iteration {state.iteration} (checkpointed); continue with "
@@ -204,19 +240,72 @@ def _log_and_validate(
     state: TrainState,
     record: dict[str, float],
     val_sampler: EpisodeSampler | None,
-) -> None:
+    stop_requested: Callable[[], bool],
+) -> bool:
     """Metrics line, validation and best.pt after an outer step (main process only); adds the
-    validation result to `record`."""
+    validation result to `record`. False when `stop_requested()` cut the validation short
+    (`_keep_validation`)."""
     a, last = cfg.train, state.iteration == cfg.train.iterations
     if state.iteration % a.log_every == 0 or last:
         append_metrics(run, dict(record))
-    if val_sampler is not None and (state.iteration % a.val_every == 0 or last):
-        mean, ci = _validate(cfg, learner, val_sampler)
-        record |= {"val_accuracy": mean, "val_ci95": ci}
-        append_metrics(run, {"iteration": state.iteration, "val_accuracy": mean, "val_ci95": ci})
-        if state.best_accuracy is None or mean > state.best_accuracy:
-            state.best_accuracy, state.best_iteration = mean, state.iteration
-            _checkpoint(run, "best", learner, opt, state, cfg)
+    if val_sampler is None or not _validation_due(cfg, state.iteration):
+        return True
+    return _keep_validation(cfg, run, learner, opt, state, record, val_sampler, stop_requested)
+
+
+def _validation_due(cfg: Config, iteration: int) -> bool:
+    """Whether the step that completed `iteration` is followed by a validation."""
+    return iteration > 0 and (iteration % cfg.train.val_every == 0 or iteration == cfg.train.iterations)
+
+
+def _keep_validation(
+    cfg: Config,
+    run: Path,
+    learner: Learner,
+    opt: torch.optim.Optimizer,
+    state: TrainState,
+    record: dict[str, float],
+    val_sampler: EpisodeSampler,
+    stop_requested: Callable[[], bool],
+) -> bool:
+    """Validate after iteration `state.iteration`: its metrics line, best.pt if it is the best so
+    far, the result added to `record`. False when `stop_requested()` cut it short: then nothing
+    is written and best.pt is left as it was."""
+    try:
+        mean, ci = _validate(cfg, learner, val_sampler, stop_requested)
+    except Interrupted:
+        return False
+    record |= {"val_accuracy": mean, "val_ci95": ci}
+    append_metrics(run, {"iteration": state.iteration, "val_accuracy": mean, "val_ci95": ci})
+    if state.best_accuracy is None or mean > state.best_accuracy:
+        state.best_accuracy, state.best_iteration = mean, state.iteration
+        _checkpoint(run, "best", learner, opt, state, cfg)
+    return True
+
+
+def _redo_cut_validation(
+    cfg: Config,
+    run: Path,
+    learner: Learner,
+    opt: torch.optim.Optimizer,
+    state: TrainState,
+    val_sampler: EpisodeSampler,
+    stop_requested: Callable[[], bool],
+) -> bool:
+    """On resume (main process): the validation after the checkpointed step, if a stop cut it
+    short (metrics.jsonl has no line for it), so that the continuation equals a run that was
+    never stopped; last.pt is then written again when it gave a new best (its best_accuracy
+    must count it). False when a stop cut it short again."""
+    it = state.iteration
+    if not _validation_due(cfg, it) or any(
+        r.get("iteration") == it and "val_accuracy" in r for r in read_metrics(run)
+    ):
+        return True
+    if not _keep_validation(cfg, run, learner, opt, state, {}, val_sampler, stop_requested):
+        return False
+    if state.best_iteration == it:
+        _checkpoint(run, "last", learner, opt, state, cfg)
+    return True
 
 
 def _plot(run: Path) -> None:

@@ -39,7 +39,8 @@ class DivergedError(MetafewError):
 
 
 class Interrupted(MetafewError):
-    """Training was interrupted (Ctrl-C, SIGTERM, SIGUSR1) after saving a checkpoint (exit code 130)."""
+    """A command was interrupted (Ctrl-C, SIGTERM, SIGUSR1): training after checkpointing its last
+    completed iteration, eval/finetune/predict before writing anything (exit code 130)."""
 
     exit_code = 130
 
@@ -51,5 +52,8 @@ EXIT_CODES: dict[int, str] = {
     3: "dataset problem: missing folder, too few classes or images, unreadable or oversized pictures",
     4: "run folder or checkpoint missing, corrupt, unsafe or busy; disk full or run folder not writable",
     5: "training diverged (non-finite loss or gradient); checkpoints were left untouched",
-    130: "interrupted by SIGINT, SIGTERM or SIGUSR1; the last completed iteration was checkpointed",
+    130: (
+        "interrupted by SIGINT, SIGTERM or SIGUSR1: train checkpointed its last completed iteration "
+        "(if any); eval, finetune and predict wrote nothing"
+    ),
 }

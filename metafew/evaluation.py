@@ -4,6 +4,7 @@ on the labeled novel pictures (M_finetune), and class probabilities for unlabele
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,7 @@ from torch.func import vmap
 from metafew.checkpoints import FinetunedCheckpoint
 from metafew.config import Config
 from metafew.data import LabeledImages, to_float
-from metafew.errors import DataError
+from metafew.errors import DataError, Interrupted
 from metafew.functional import Params
 from metafew.learner import Learner, norm_stats
 from metafew.models import NormStats
@@ -36,9 +37,12 @@ def evaluate(
     lr: float | None,
     norm: str,
     chunk: int | None = None,
+    *,
+    stop_requested: Callable[[], bool] = lambda: False,
 ) -> np.ndarray:
     """Query accuracy of episodes 0..episodes-1 of `sampler`: [episodes] float64; `lr` None
-    means the algorithm's own inner step size.
+    means the algorithm's own inner step size. `stop_requested()` is checked before each chunk:
+    true raises Interrupted naming how many episodes were done.
 
     Each episode adapts on its support set and classifies its queries; `chunk` episodes run at
     once (None or 0: the learner's chunks, task-batched or under vmap); no outer
@@ -59,6 +63,8 @@ def evaluate(
     out = []
     with torch.no_grad():  # torch.func.grad still differentiates the inner loop
         for start in range(0, episodes, chunk):
+            if stop_requested():
+                raise Interrupted(f"stopped after {start} of {episodes} episodes")
             batch = [
                 sampler.episode(i).to(learner.device) for i in range(start, min(start + chunk, episodes))
             ]
@@ -124,13 +130,22 @@ def finetune(cfg: Config, learner: Learner, labeled: LabeledImages) -> Finetuned
 
 
 def predict_proba(
-    learner: Learner, model: Finetuned, images: torch.Tensor, batch_size: int = 256
+    learner: Learner,
+    model: Finetuned,
+    images: torch.Tensor,
+    batch_size: int = 256,
+    *,
+    stop_requested: Callable[[], bool] = lambda: False,
 ) -> torch.Tensor:
     """Class probabilities [n, ways] for uint8 images [n, C, H, W]. BatchNorm uses the frozen
-    statistics of `model`, so a picture's result does not depend on the rest of the batch."""
+    statistics of `model`, so a picture's result does not depend on the rest of the batch.
+    `stop_requested()` is checked before each batch: true raises Interrupted naming how many
+    pictures were done."""
     out = []
     with torch.no_grad():
         for start in range(0, len(images), batch_size):
+            if stop_requested():
+                raise Interrupted(f"stopped after {start} of {len(images)} pictures")
             x = to_float(images[start : start + batch_size]).to(learner.device)
             out.append(torch.softmax(learner.forward(model.params, x, model.stats), dim=-1).cpu())
     return torch.cat(out)

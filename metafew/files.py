@@ -62,6 +62,20 @@ def write_atomic(
         raise
 
 
+def ensure_writable(folder: Path) -> None:
+    """Create `folder` if needed and prove a file can be written in it, before long work whose
+    result would go there; RunError (one line) otherwise."""
+    probe = folder / f".probe.{secrets.token_hex(4)}.tmp"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise RunError(
+            f"cannot write in {str(folder)!r}: {exc.strerror}; make it writable first (nothing was computed)"
+        ) from None
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write `text` to `path` through a temporary file and a rename."""
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")

@@ -4,21 +4,35 @@ and, under torchrun, rank 0's plan sent to the other processes."""
 
 from __future__ import annotations
 
+import difflib
 import json
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from metafew import distributed
+from metafew.budget import check_fits
 from metafew.checkpoints import MetaCheckpoint, load_resume_checkpoint
 from metafew.config import Config
-from metafew.config_load import dump_yaml, from_dict, load_config, merge, parse_overrides, parse_yaml, to_dict
+from metafew.config_load import (
+    dump_yaml,
+    from_dict,
+    load_config,
+    merge,
+    parse_overrides,
+    parse_yaml,
+    to_dict,
+    upgrade_saved,
+    valid_keys,
+)
 from metafew.data import FewShotData, Splits, load_data
 from metafew.data.download import Progress as DownloadProgress
 from metafew.distributed import Group
 from metafew.engine import training_samplers
 from metafew.errors import ConfigError, MetafewError, RunError
-from metafew.files import write_json, write_text_atomic
+from metafew.files import write_json
 from metafew.learner import Learner, build_learner
 from metafew.runs import (
     RESUMABLE_KEYS,
@@ -55,6 +69,16 @@ class TrainRequest:
     resume: str | None
     allowed: frozenset[str]
 
+    def __post_init__(self) -> None:
+        if self.allowed and self.resume is None:
+            raise ConfigError("--allow-change only applies with --resume RUN; drop it or add --resume")
+        keys = valid_keys()
+        for key in sorted(self.allowed):
+            if key not in keys:
+                close = difflib.get_close_matches(key, keys, n=1, cutoff=0.5)
+                hint = f"did you mean {close[0]!r}?" if close else "see `metafew config --keys`"
+                raise ConfigError(f"--allow-change {key}: no such config key; {hint}")
+
     def new_config(self) -> Config:
         return load_config(self.config, self.overrides)
 
@@ -69,6 +93,21 @@ class Launch:
     resume: MetaCheckpoint | None
     data: FewShotData
     learner: Learner
+    fresh: bool = False
+    """Whether this process created the run folder (a new run, not a resumption)."""
+
+
+@contextmanager
+def discard_if_unsaved(launch: Launch, group: Group) -> Iterator[None]:
+    """Around training: a new run that fails before its first checkpoint (divergence at once, an
+    error, a signal) takes its folder with it, so a refused run leaves no folder behind."""
+    try:
+        yield
+    except BaseException:
+        checkpoints = launch.run / "checkpoints"
+        if launch.fresh and group.is_main and not any(checkpoints.glob("*.pt")):
+            shutil.rmtree(launch.run, ignore_errors=True)
+        raise
 
 
 def recorded_split(run: Path | None) -> Splits | None:
@@ -129,8 +168,25 @@ def open_run(
     state, remark = load_resume_checkpoint(run)
     if remark:
         note(f"warning: {remark}")
-    write_text_atomic(run / "config.yaml", dump_yaml(cfg))
-    return cfg, run, state
+    if state is not None:
+        check_own_checkpoint(run, state, request.allowed)
+    return cfg, run, state  # config.yaml changes with the first checkpoint of `cfg` (engine)
+
+
+def check_own_checkpoint(run: Path, state: MetaCheckpoint, allowed: frozenset[str]) -> None:
+    """RunError unless the checkpoint was written with this run's config (RESUMABLE_KEYS and the
+    --allow-change keys aside): a last.pt copied from another run is refused, not continued."""
+    source = run / "checkpoints" / "last.pt"
+    try:
+        written = to_dict(from_dict(upgrade_saved(state.config)))
+    except ConfigError as exc:
+        raise RunError(f"checkpoint in {str(run)!r} holds an unusable config ({exc})") from None
+    for key, old, new in config_diff(to_dict(load_run_config(run)), written):
+        if key not in RESUMABLE_KEYS | allowed:
+            raise RunError(
+                f"checkpoint {str(source)!r} was written with {key} = {new!r} but the run's config.yaml "
+                f"says {old!r}: it belongs to another run; restore this run's own checkpoint"
+            )
 
 
 def _learner(cfg: Config, group: Group, data: FewShotData) -> Learner:
@@ -147,17 +203,19 @@ def _prepare_main(
     Config and data are checked before a new folder is made, so a refused run leaves no folder."""
     cfg, run, state = open_run(request, claim, note)
     distributed.check_meta_batch(cfg.train.meta_batch_size, group.world_size)
+    check_fits(cfg)
     data = load_run_data(cfg, run, progress)
     training_samplers(cfg, data)
     learner = _learner(cfg, group, data)
     plan = {**learner.chunks.record(), "processes": group.world_size}
+    fresh = run is None
     if run is None:
         run = create_run(cfg, str(learner.device), claim, plan)
     else:
         record_resume(run, str(learner.device), plan)
     if not (run / "data.json").is_file():
         write_json(run / "data.json", data.provenance)
-    return Launch(cfg, run, state, data, learner)
+    return Launch(cfg, run, state, data, learner, fresh)
 
 
 def prepare(

@@ -81,15 +81,19 @@ def new_folder(parent: Path, name: str = "") -> Path:
 
 
 def new_file(parent: Path, suffix: str) -> Path:
-    """Create and return an empty `parent/<stamp>-<6 hex><suffix>` that did not exist before."""
-    parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        path = parent / f"{_stamp()}-{secrets.token_hex(3)}{suffix}"
-        try:
-            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            return path
-        except FileExistsError:
-            continue
+    """Create and return an empty `parent/<stamp>-<6 hex><suffix>` that did not exist before;
+    RunError (one line) where `parent` cannot be written."""
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            path = parent / f"{_stamp()}-{secrets.token_hex(3)}{suffix}"
+            try:
+                os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                return path
+            except FileExistsError:
+                continue
+    except OSError as exc:
+        raise RunError(f"cannot write in {str(parent)!r}: {exc.strerror}; make the folder writable") from None
 
 
 def _git_sha() -> str | None:
@@ -241,7 +245,12 @@ class RunClaim:
         """Claim `run`; RunError if another process holds it."""
         if fcntl is None:
             return
-        fd = os.open(run / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(run / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise RunError(
+                f"cannot claim run {str(run)!r} ({exc.strerror}): the folder must be writable to train it"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

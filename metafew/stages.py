@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import csv
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +24,7 @@ from metafew.config import Config
 from metafew.config_load import from_dict, merge, parse_overrides, to_dict, upgrade_saved
 from metafew.data import LabeledImages, UnlabeledImages, load_class_folders, load_unlabeled
 from metafew.data.download import Progress as DownloadProgress
-from metafew.errors import ConfigError
+from metafew.errors import ConfigError, Interrupted
 from metafew.evaluation import (
     Finetuned,
     confidence_interval,
@@ -31,7 +33,7 @@ from metafew.evaluation import (
     predict_proba,
     queries_per_class,
 )
-from metafew.files import write_json
+from metafew.files import ensure_writable, write_json
 from metafew.launch import load_run_data
 from metafew.learner import Learner, build_learner, load_params
 from metafew.runs import load_run_config, new_file, new_folder, resolve_run
@@ -75,6 +77,28 @@ def meta_learner(run: Path, cfg: Config, checkpoint: str) -> tuple[Learner, Meta
     return learner, saved
 
 
+StopRequested = Callable[[], bool]
+"""True once a signal asked the command to stop (metafew.cli.common.StopFlag)."""
+
+
+def check_stop(stop_requested: StopRequested, stage: str, where: str) -> None:
+    """Interrupted if a stop was requested: `stage` stopped `where` (how far it got), before any
+    of its outputs exist."""
+    if stop_requested():
+        raise Interrupted(f"stopped during {stage} {where}; nothing written")
+
+
+@contextmanager
+def nothing_written(stage: str) -> Iterator[None]:
+    """Name `stage` in the Interrupted of evaluate/predict_proba (`stopped after K of N ...`),
+    which come before any of its outputs exist."""
+    try:
+        yield
+    except Interrupted as exc:
+        far = str(exc).removeprefix("stopped ")
+        raise Interrupted(f"stopped during {stage} {far}; nothing written") from None
+
+
 # ---------------------------------------------------------------------------------------------
 # eval
 
@@ -88,18 +112,37 @@ class EvalResult:
 
 
 def evaluate_run(
-    run: Path, checkpoint: str | None, overrides: list[str], progress: DownloadProgress | None = None
+    run: Path,
+    checkpoint: str | None,
+    overrides: list[str],
+    progress: DownloadProgress | None = None,
+    *,
+    stop_requested: StopRequested = lambda: False,
 ) -> EvalResult:
-    """Accuracy on eval.episodes seeded test episodes of the novel classes -> <run>/eval/*.json."""
+    """Accuracy on eval.episodes seeded test episodes of the novel classes -> <run>/eval/*.json.
+    `stop_requested()` is checked between phases and chunks of episodes: Interrupted, nothing
+    written."""
     run = resolve_run(run)
+    ensure_writable(run / "eval")
     cfg = run_config(run, overrides, ("eval", "runtime"))
     which = checkpoint_name(checkpoint or cfg.eval.checkpoint)
     novel = load_run_data(cfg, run, progress).novel
+    check_stop(stop_requested, "eval", "after loading the data")
     queries = queries_per_class(cfg, novel)
     sampler = EpisodeSampler(novel, cfg.task.ways, cfg.task.shots, queries, cfg.eval.seed, "novel")
     learner, saved = meta_learner(run, cfg, which)
+    check_stop(stop_requested, "eval", "after loading the checkpoint")
     started = time.perf_counter()
-    accs = evaluate(learner, sampler, cfg.eval.episodes, cfg.algorithm.eval_inner_steps, None, cfg.eval.norm)
+    with nothing_written("eval"):
+        accs = evaluate(
+            learner,
+            sampler,
+            cfg.eval.episodes,
+            cfg.algorithm.eval_inner_steps,
+            None,
+            cfg.eval.norm,
+            stop_requested=stop_requested,
+        )
     mean, ci = confidence_interval(accs)
     summary = {
         "accuracy": mean,
@@ -141,10 +184,14 @@ def finetune_run(
     checkpoint: str,
     overrides: list[str],
     progress: DownloadProgress | None = None,
+    *,
+    stop_requested: StopRequested = lambda: False,
 ) -> FinetuneResult:
     """Adapt <run>'s checkpoint to the labeled novel pictures (a folder of <class>/*.png, or the
-    dataset's) -> <run>/finetune/<id>/{model.pt, finetune.json}."""
+    dataset's) -> <run>/finetune/<id>/{model.pt, finetune.json}. `stop_requested()` is checked
+    between phases and batches: Interrupted, no model folder made."""
     run = resolve_run(run)
+    ensure_writable(run / "finetune")
     cfg = run_config(run, overrides, ("finetune", "runtime"))
     which = checkpoint_name(checkpoint)
     novel: LabeledImages = (
@@ -152,9 +199,12 @@ def finetune_run(
         if labeled
         else load_run_data(cfg, run, progress).novel
     )
+    check_stop(stop_requested, "finetune", "after loading the labeled pictures")
     learner, saved = meta_learner(run, cfg, which)
+    check_stop(stop_requested, "finetune", "after loading the checkpoint")
     model = finetune(cfg, learner, novel)
-    probs = predict_proba(learner, model, novel.images)
+    with nothing_written("finetune (scoring the labeled pictures)"):
+        probs = predict_proba(learner, model, novel.images, stop_requested=stop_requested)
     train_acc = float((probs.argmax(-1) == novel.labels).float().mean())
     out = new_folder(run / "finetune")
     save(out / "model.pt", model.record(to_dict(cfg), learner.train_classes))
@@ -213,28 +263,47 @@ def _unlabeled_pictures(
     return pictures, []
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+"""First characters that make a spreadsheet read a cell as a formula (OWASP's CSV injection)."""
+
+
+def spreadsheet_safe(text: str) -> str:
+    """`text` with a leading `'` where a spreadsheet would run it as a formula (`=1+1` -> `'=1+1`);
+    other text unchanged."""
+    return f"'{text}" if text.startswith(FORMULA_STARTS) else text
+
+
 def write_predictions(
     path: Path, names: list[str], labels: list[str], probs: torch.Tensor, classes: list[str]
 ) -> None:
-    """predictions.csv: file, label, one probability column per class."""
+    """predictions.csv: file, label, one probability column per class; file and class names
+    are made spreadsheet-safe (`spreadsheet_safe`), the probabilities are plain numbers."""
     with path.open("w", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
         writer.writerow(["file", "label", *(f"p_{c}" for c in classes)])
         for name, label, row in zip(names, labels, probs.tolist()):
-            writer.writerow([name, label, *(f"{p:.6f}" for p in row)])
+            writer.writerow([spreadsheet_safe(name), spreadsheet_safe(label), *(f"{p:.6f}" for p in row)])
 
 
 def predict_run(
-    model_dir: Path, folder: Path | None, progress: DownloadProgress | None = None
+    model_dir: Path,
+    folder: Path | None,
+    progress: DownloadProgress | None = None,
+    *,
+    stop_requested: StopRequested = lambda: False,
 ) -> PredictResult:
     """Label pictures with the M_finetune in `model_dir` -> model_dir/predict/<id>/{predictions.csv,
-    summary.json}. A picture's probabilities depend on that picture only."""
+    summary.json}. A picture's probabilities depend on that picture only. `stop_requested()` is
+    checked between phases and batches: Interrupted, no predictions folder made."""
     record = load_finetuned(model_dir)
+    ensure_writable(model_dir / "predict")
     cfg = from_dict(upgrade_saved(record.config))
     pictures, failed = _unlabeled_pictures(cfg, folder, run_of_model(model_dir), progress)
+    check_stop(stop_requested, "predict", "after loading the pictures")
     learner = _learner(cfg, record.train_classes)
     model = Finetuned.from_record(record, learner.device)
-    probs = predict_proba(learner, model, pictures.images)
+    with nothing_written("predict"):
+        probs = predict_proba(learner, model, pictures.images, stop_requested=stop_requested)
     out = new_folder(model_dir / "predict")
     labels = [model.classes[i] for i in probs.argmax(-1).tolist()]
     write_predictions(out / "predictions.csv", pictures.names, labels, probs, model.classes)

@@ -45,3 +45,15 @@ def set_threads(threads: int) -> None:
     """runtime.threads: torch's CPU threads (0 keeps torch's default)."""
     if threads:
         torch.set_num_threads(threads)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux's MemAvailable), or None elsewhere."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None

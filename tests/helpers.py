@@ -11,6 +11,7 @@ import dataclasses
 import json
 import os
 import signal
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -133,6 +134,9 @@ def count_builds(monkeypatch: pytest.MonkeyPatch, name: str) -> list[str]:
 # the command line, in-process, and what it leaves in a run folder
 
 SIGNALS = [getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGUSR1") if hasattr(signal, name)]
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"]
+"""`torchrun --standalone --nproc-per-node 2` (a free port; gloo on CPU): add `-m metafew ARGS`."""
 
 
 @contextmanager

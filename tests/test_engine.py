@@ -137,11 +137,16 @@ def test_divergence_stops_without_touching_checkpoints(tiny_cfg: Config) -> None
 def test_stop_request_checkpoints_the_completed_iteration(tiny_cfg: Config) -> None:
     tiny_cfg.train.iterations = 50
     run = create_run(tiny_cfg, "cpu")
-    calls = iter(range(100))
+    done = [0]  # a request that arrives during the third step (checked before, between, after)
     from metafew.errors import Interrupted
 
+    def progress(iteration: int, total: int, record: dict[str, float]) -> None:
+        done[0] = iteration
+
     with pytest.raises(Interrupted, match="after iteration 3"):
-        engine.train(tiny_cfg, load_data(tiny_cfg.data), run, stop_requested=lambda: next(calls) >= 2)
+        engine.train(
+            tiny_cfg, load_data(tiny_cfg.data), run, progress=progress, stop_requested=lambda: done[0] >= 3
+        )
     assert load_checkpoint(run / "checkpoints" / "last.pt")["iteration"] == 3
 
 

@@ -1,8 +1,9 @@
 """What every command shares: the consoles, user errors as one line and an exit code, the
-overrides argument, the download bar."""
+overrides argument, the download bar, the stop flag that signals set."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
@@ -32,6 +33,25 @@ def user_errors(prefix: str = "") -> Iterator[None]:
         if str(exc):
             err.print(f"[bold red]{prefix}error:[/] {escape(str(exc))}", highlight=False)
         raise typer.Exit(exc.exit_code) from None
+
+
+class StopFlag:
+    """Set by SIGINT/SIGTERM/SIGUSR1 so that a command stops at its next check (training after
+    the current step or validation chunk, eval/finetune/predict between phases and chunks) and
+    exits 130; remembers which signal (only SIGTERM/SIGUSR1, a cluster's preemption notice, may
+    requeue the job). Installed when it is made: make it before any slow work."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), self._set)
+
+    def _set(self, signum: int, frame: Any) -> None:
+        self.signal = signum
+
+    def __call__(self) -> bool:
+        return self.signal is not None
 
 
 def note(line: str) -> None:

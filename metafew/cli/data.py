@@ -17,6 +17,7 @@ from metafew.config_load import load_config
 from metafew.data import DATASETS
 from metafew.data.cache import cache_root
 from metafew.data.check import check_pictures
+from metafew.data.folder import MIN_SIDE
 from metafew.errors import DataError
 from metafew.launch import load_run_data
 
@@ -64,7 +65,7 @@ def data_prepare(
 @data_app.command("check")
 def data_check(
     path: Annotated[Path, typer.Argument(help="folder of pictures (any depth) or a .zip")],
-    min_side: Annotated[int, typer.Option(help="pictures with a shorter side are reported tiny")] = 8,
+    min_side: Annotated[int, typer.Option(help="pictures with a shorter side are reported tiny")] = MIN_SIDE,
 ) -> None:
     """Open every picture fully; report corrupt, truncated, tiny, huge and unreadable files and
     the pictures per class. Exit code 0 when all are fine, 3 when any is not."""

@@ -19,27 +19,10 @@ from rich.progress import (
 )
 
 from metafew import distributed, engine
-from metafew.cli.common import DownloadBar, Overrides, console, note, user_errors
+from metafew.cli.common import DownloadBar, Overrides, StopFlag, console, note, user_errors
 from metafew.errors import DivergedError, Interrupted
-from metafew.launch import ReportedByRankZero, TrainRequest, prepare
+from metafew.launch import ReportedByRankZero, TrainRequest, discard_if_unsaved, prepare
 from metafew.runs import RunClaim
-
-
-class StopFlag:
-    """Set by SIGINT/SIGTERM/SIGUSR1 so that training stops after the current step; remembers
-    which signal (only SIGTERM/SIGUSR1, a cluster's preemption notice, may requeue the job)."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
-            if hasattr(signal, name):
-                signal.signal(getattr(signal, name), self._set)
-
-    def _set(self, signum: int, frame: Any) -> None:
-        self.signal = signum
-
-    def __call__(self) -> bool:
-        return self.signal is not None
 
 
 def _format_record(done: int, total: int, record: dict[str, float], short: bool = False) -> str:
@@ -107,6 +90,7 @@ def train(
     ] = None,
 ) -> None:
     """Meta-train M_meta into a new run folder under train.runs_dir, or continue one (--resume)."""
+    stop = StopFlag()  # first: a signal during start-up or data loading stops before step 1
     group = distributed.join()
     say = console.print if group.is_main else _silent
     with user_errors("" if group.is_main else f"rank {group.rank}: "), group, RunClaim() as claim:
@@ -118,9 +102,12 @@ def train(
         bar, report = _progress_reporter(
             cfg.train.iterations, launch.resume.iteration if launch.resume else 0
         )
-        started, stop = time.perf_counter(), StopFlag()
-        try:
-            with bar if bar is not None and group.is_main else nullcontext():
+        started = time.perf_counter()
+        try:  # engine.train raises Interrupted before step 1 if a signal came while preparing
+            with (
+                discard_if_unsaved(launch, group),
+                bar if bar is not None and group.is_main else nullcontext(),
+            ):
                 result = engine.train(
                     cfg,
                     launch.data,

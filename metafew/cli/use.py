@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 
 from metafew import stages
-from metafew.cli.common import DownloadBar, err, say, user_errors
+from metafew.cli.common import DownloadBar, StopFlag, err, say, user_errors
 
 FinetuneOverrides = Annotated[
     list[str] | None, typer.Argument(help="finetune.* and runtime.* overrides, e.g. finetune.steps=50")
@@ -29,8 +29,9 @@ def finetune(
     overrides: FinetuneOverrides = None,
 ) -> None:
     """Adapt M_meta to the labeled novel pictures; writes M_finetune under <run>/finetune/."""
+    stop = StopFlag()  # SIGINT/SIGTERM/SIGUSR1: exit 130 at the next check, nothing written
     with user_errors(), DownloadBar() as download:
-        result = stages.finetune_run(run, labeled, checkpoint, overrides or [], download)
+        result = stages.finetune_run(run, labeled, checkpoint, overrides or [], download, stop_requested=stop)
     say(
         f"M_finetune: {result.folder} ({result.images} labeled pictures, "
         f"{', '.join(result.classes)}; accuracy on them {100 * result.labeled_accuracy:.1f}%)"
@@ -43,8 +44,9 @@ def predict(
     folder: Annotated[Path | None, typer.Argument(help="unlabeled pictures (default: the dataset's)")] = None,
 ) -> None:
     """Label unlabeled pictures with M_finetune; writes predictions.csv (one probability per class)."""
+    stop = StopFlag()
     with user_errors(), DownloadBar() as download:
-        result = stages.predict_run(model_dir, folder, download)
+        result = stages.predict_run(model_dir, folder, download, stop_requested=stop)
     for name, reason in result.unreadable:
         err.print(f"[yellow]skipped[/] {escape(name)}: {escape(reason)}", highlight=False)
     scored = "" if result.accuracy is None else f"; accuracy against answers {100 * result.accuracy:.1f}%"
@@ -57,8 +59,9 @@ def evaluate(
     overrides: EvalOverrides = None,
 ) -> None:
     """Accuracy on seeded test episodes of the novel classes: mean ± 95% CI, also as JSON."""
+    stop = StopFlag()
     with user_errors(), DownloadBar() as download:
-        result = stages.evaluate_run(run, checkpoint, overrides or [], download)
+        result = stages.evaluate_run(run, checkpoint, overrides or [], download, stop_requested=stop)
     s = result.summary
     say(
         f"accuracy {100 * s['accuracy']:.2f} ± {100 * s['ci95']:.2f}% (95% CI; {s['episodes']} episodes, "

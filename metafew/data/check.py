@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image, UnidentifiedImageError
 
-from metafew.data.folder import IMAGE_SUFFIXES
+from metafew.data.folder import IMAGE_SUFFIXES, MIN_SIDE
 from metafew.errors import DataError
 
 
@@ -104,7 +104,7 @@ def _zip_entries(path: Path) -> Iterator[Entry]:
             yield where, name.parent.as_posix(), data
 
 
-def check_pictures(path: Path, min_side: int = 8) -> Report:
+def check_pictures(path: Path, min_side: int = MIN_SIDE) -> Report:
     """Open every picture under folder `path` (or in zip `path`) and report per class."""
     if path.is_file() and path.suffix.lower() == ".zip":
         entries = _zip_entries(path)

@@ -43,6 +43,22 @@ def image_files(folder: Path) -> list[Path]:
     )
 
 
+MIN_SIDE = 8
+"""Pictures with a shorter side are refused (and reported `tiny` by `metafew data check`): a
+picture of a few pixels is a broken or placeholder file, not an example of its class."""
+
+
+TOOL_FOLDERS = frozenset({".git", ".ipynb_checkpoints", ".thumbnails", ".Trash", ".cache", ".DS_Store"})
+"""Hidden folders that tools make, skipped quietly; any other hidden folder holding pictures is
+refused by name (`..trouser` is a typo, not a folder to ignore)."""
+
+
+def missing(path: Path, what: str) -> str:
+    """Why `path` is not the folder it should be: it is a file, or it does not exist."""
+    state = "is a file, not a folder" if path.exists() else "does not exist"
+    return f"{what} {str(path)!r} {state}"
+
+
 def decode_image(
     source: Path | BinaryIO,
     size: int,
@@ -60,6 +76,12 @@ def decode_image(
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as img:
+                if min(img.size) < MIN_SIDE:
+                    width, height = img.size
+                    raise DataError(
+                        f"picture {where or str(source)!r} is {width}x{height} pixels, smaller than "
+                        f"{MIN_SIDE} on a side: remove it (`metafew data check` lists such files)"
+                    )
                 img = img.convert("L" if channels == 1 else "RGB")
                 if img.size != (size, size):
                     img = img.resize((size, size), resample)
@@ -84,9 +106,20 @@ def _decode_all(paths: list[Path], size: int, channels: int) -> torch.Tensor:
 
 
 def class_folders(folder: Path) -> list[Path]:
-    """The class sub-folders of `folder`, sorted by name (hidden ones skipped)."""
+    """The class sub-folders of `folder`, sorted by name (the hidden folders of tools skipped; any
+    other hidden folder that holds pictures refused by name)."""
     if not folder.is_dir():
-        raise DataError(f"class folder {str(folder)!r} does not exist: expected <class>/*.png inside")
+        raise DataError(f"{missing(folder, 'class folder')}: expected <class>/*.png inside")
+    hidden = sorted(
+        p.name
+        for p in folder.iterdir()
+        if p.is_dir() and p.name.startswith(".") and p.name not in TOOL_FOLDERS and image_files(p)
+    )
+    if hidden:
+        raise DataError(
+            f"class folder {hidden[0]!r} in {str(folder)!r} holds pictures but its name starts with '.', "
+            "which hides it: rename it, or move it out if it is not a class"
+        )
     class_dirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not class_dirs:
         raise DataError(
@@ -118,7 +151,7 @@ def load_unlabeled(folder: Path, size: int, channels: int) -> tuple[UnlabeledIma
     """Pictures directly in `folder`; unreadable files are skipped and returned as (name, reason)
     so that one bad file does not stop the others from being predicted."""
     if not folder.is_dir():
-        raise DataError(f"picture folder {str(folder)!r} does not exist")
+        raise DataError(missing(folder, "picture folder"))
     paths = image_files(folder)
     if not paths:
         raise DataError(f"{str(folder)!r} holds no pictures ({', '.join(IMAGE_SUFFIXES)})")
@@ -188,7 +221,7 @@ def _auto_split_dataset(cfg: DataConfig, root: Path, recorded: Splits | None) ->
 def load_folder_dataset(root: Path, size: int, channels: int) -> FewShotData:
     """The few-shot layout described in this module's docstring."""
     if not root.is_dir():
-        raise DataError(f"data.root {str(root)!r} does not exist: point it at the folder holding meta_train/")
+        raise DataError(f"{missing(root, 'data.root')}: point it at the folder holding meta_train/")
     train = load_class_folders(root / "meta_train", size, channels)
     val = load_class_folders(root / "meta_val", size, channels) if (root / "meta_val").is_dir() else None
     novel = load_class_folders(root / "novel" / "labeled", size, channels)
@@ -202,7 +235,7 @@ def _root(cfg: DataConfig) -> Path:
     root = Path(cfg.root or ".")
     if not root.is_dir():
         raise DataError(
-            f"data.root {str(root)!r} does not exist: point it at a folder holding meta_train/ "
+            f"{missing(root, 'data.root')}: point it at a folder holding meta_train/ "
             "and novel/, or a folder of class folders"
         )
     return root

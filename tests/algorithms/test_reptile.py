@@ -212,9 +212,13 @@ def test_a_resumed_run_is_identical_to_an_uninterrupted_one(tiny_cfg: Config) ->
     straight = create_run(tiny_cfg, "cpu")
     engine.train(tiny_cfg, data, straight)
     resumed = create_run(tiny_cfg, "cpu")
-    calls = iter(range(100))
+    done = [0]  # a stop that arrives once the second step is done
+
+    def progress(iteration: int, total: int, record: dict[str, float]) -> None:
+        done[0] = iteration
+
     with pytest.raises(Interrupted, match="after iteration 2"):
-        engine.train(tiny_cfg, data, resumed, stop_requested=lambda: next(calls) >= 1)
+        engine.train(tiny_cfg, data, resumed, progress=progress, stop_requested=lambda: done[0] >= 2)
     engine.train(tiny_cfg, data, resumed, resume=load_meta(resumed / "checkpoints" / "last.pt"))
     a = load_checkpoint(straight / "checkpoints" / "last.pt")["params"]
     b = load_checkpoint(resumed / "checkpoints" / "last.pt")["params"]

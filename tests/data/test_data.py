@@ -260,8 +260,8 @@ def test_class_order_is_sorted_folder_names_and_labels_match(tmp_path: Path) -> 
     for name, value in brightness.items():
         for i in range(counts[name]):
             (root / name).mkdir(parents=True, exist_ok=True)
-            Image.fromarray(np.full((6, 6), value, dtype=np.uint8)).save(root / name / f"{i}.png")
-    data = load_class_folders(root, 6, 1)
+            Image.fromarray(np.full((8, 8), value, dtype=np.uint8)).save(root / name / f"{i}.png")
+    data = load_class_folders(root, 8, 1)
     assert data.classes == sorted(brightness)  # "Apple" < "banana" < "mango" < "zebra"
     assert data.counts() == [counts[c] for c in data.classes]
     for image, label in zip(data.images, data.labels):

@@ -2,7 +2,7 @@
 stderr that names the problem, no traceback, no run folder left behind), or, where the README
 says it is handled, handled: unreadable pictures in a predict folder are skipped one by one, a
 run name with `..` or `/` stays inside train.runs_dir, odd class names round-trip through
-predictions.csv, a 1-pixel picture is resized like any other.
+predictions.csv, a 1-pixel picture is refused by name.
 
 Finer-grained unit tests of the same checks live in tests/config/test_config.py and
 tests/data/test_data.py.
@@ -136,6 +136,51 @@ REJECTED: dict[str, Bad] = {
         3,
         ("without images",),
     ),
+    # issue 15: inputs that used to end in a traceback or a folder without a checkpoint
+    "YAML nested 20,000 deep": Bad(
+        lambda t: config_file(t, "".join("  " * i + f"k{i}:\n" for i in range(20_000))),
+        2,
+        ("nested too deeply",),
+    ),
+    "seed 1e23": Bad(lambda t: ["train", *tiny(t / "runs", "train.seed=1e23")], 2, ("train.seed",)),
+    "seed beyond 2^31": Bad(
+        lambda t: ["train", *tiny(t / "runs", f"train.seed={10**23}")], 2, ("train.seed", "<= 2147483647")
+    ),
+    "infinite inner_lr": Bad(
+        lambda t: ["train", *tiny(t / "runs", "algorithm.inner_lr=.inf")], 2, ("algorithm.inner_lr", "finite")
+    ),
+    "a model larger than memory": Bad(
+        lambda t: ["train", *tiny(t / "runs", "model.hidden=100000")], 2, ("model.hidden", "GiB available")
+    ),
+    "pictures larger than memory": Bad(
+        lambda t: ["train", *tiny(t / "runs", "data.image_size=100000")], 2, ("data.image_size", "GiB")
+    ),
+    "--allow-change without --resume": Bad(
+        lambda t: ["train", *tiny(t / "runs"), "--allow-change", "algorithm.inner_lr"], 2, ("--resume",)
+    ),
+    "--allow-change with a misspelled key": Bad(
+        lambda t: ["train", "--resume", str(trained(t)), "--allow-change", "algorithm.iner_lr"],
+        2,
+        ("algorithm.iner_lr", "did you mean 'algorithm.inner_lr'"),
+    ),
+    "data.root is a file": Bad(
+        lambda t: [
+            "train",
+            *tiny(t / "runs", "data.dataset=folder", f"data.root={write_image(t / 'a.png')}"),
+        ],
+        3,
+        ("a.png", "is a file, not a folder"),
+    ),
+    "hidden class folder with pictures": Bad(
+        lambda t: dataset(t, lambda root: make_class_folder(root / "meta_train", {"..trouser": 8}, size=12)),
+        3,
+        ("..trouser", "rename it"),
+    ),
+    "1-pixel picture": Bad(
+        lambda t: dataset(t, lambda root: write_image(root / "meta_train" / "C3" / "tiny.png", size=1)),
+        3,
+        ("tiny.png", "1x1 pixels"),
+    ),
 }
 
 
@@ -153,11 +198,11 @@ def test_bad_input_is_rejected_cleanly(tmp_path: Path, case: str) -> None:
 # handled
 
 
-def test_files_that_are_not_pictures_are_ignored_and_a_1_pixel_picture_is_resized(tmp_path: Path) -> None:
+def test_files_that_are_not_pictures_and_tool_folders_are_ignored(tmp_path: Path) -> None:
     def add(root: Path) -> None:
         (root / "meta_train" / "C1" / "notes.txt").write_text("not a picture")
         (root / "meta_train" / "C1" / "Thumbs.db").write_bytes(b"\0\1\2")
-        write_image(root / "meta_train" / "C3" / "tiny.png", size=1)
+        write_image(root / "meta_train" / ".ipynb_checkpoints" / "copy.png", size=12)
 
     result = ok(*dataset(tmp_path, add))
     assert "done: 1 iterations" in result.stdout
@@ -196,7 +241,7 @@ def test_predict_skips_unreadable_files_and_writes_odd_class_names_safely(tmp_pa
         header, *rows = list(csv.reader(handle))
     assert header == ["file", "label", *(f"p_{c}" for c in sorted(ODD_CLASSES))]
     assert [row[0] for row in rows] == ["good0.png", "good1.png", "good2.png"]
-    assert all(row[1] in ODD_CLASSES for row in rows)
+    assert all(row[1] in {"'=HYPERLINK(1)", "a,b", 'quo"te'} for row in rows)  # a formula is quoted
 
 
 def test_predict_on_a_folder_of_only_unreadable_files_is_rejected(tmp_path: Path) -> None:

@@ -270,7 +270,8 @@ def test_divergence_mid_run_exits_5_and_keeps_finite_checkpoints(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The third outer step turns non-finite (an overflow after the checkpoint of iteration 2).
-    Divergence at iteration 1 from a bad config: tests/cli/test_cli.py::test_divergence_exits_5..."""
+    Divergence at iteration 1 from a bad config: tests/cli/test_cli.py::
+    test_divergence_at_once_exits_5_and_leaves_no_folder."""
     real_build = launch.build_learner
 
     def build(*args: Any, **kwargs: Any) -> Learner:
