@@ -36,15 +36,14 @@ from metafew.runs import (
     create_run,
     discard_partial_writes,
     find_resumable,
-    list_runs,
     load_run_config,
     new_file,
     new_folder,
     read_metrics,
     resolve_run,
-    summarize_run,
     truncate_metrics,
 )
+from metafew.runs_table import list_runs, summarize_run
 
 FOLDER = re.compile(r"^(\d{8})-(\d{6})-(.+)-([0-9a-f]{6})$")
 STAMP = "20240102-030405"

@@ -12,7 +12,7 @@ from metafew.cli.common import Overrides, console, user_errors
 from metafew.compare import compare, format_table
 from metafew.config_load import describe_keys, dump_yaml, load_config
 from metafew.errors import EXIT_CODES
-from metafew.runs import list_runs
+from metafew.runs_table import list_runs
 
 
 def runs(
