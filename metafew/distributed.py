@@ -13,6 +13,7 @@ a single-process run does exactly what it did before this module existed. Under 
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import subprocess
@@ -160,6 +161,11 @@ class ProcessGroup:
         if kind is None:  # leave together: a process tearing down early can abort its peer
             dist.barrier()
         dist.destroy_process_group()
+        # free gloo's objects now, while the interpreter is whole: left to the collector, they can
+        # be destroyed during interpreter teardown with their worker threads still joinable, and
+        # the process aborts ("terminate called without an active exception", seen under load;
+        # compare pytorch/pytorch#179291)
+        gc.collect()
 
 
 def check_meta_batch(tasks: int, processes: int) -> None:
