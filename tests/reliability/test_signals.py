@@ -342,7 +342,9 @@ def test_signal_during_eval_exits_within_seconds_and_writes_nothing(
 ) -> None:
     run, _ = trained
     before = set((run / "eval").glob("*.json"))
-    evaluation = start("eval", run, "eval.episodes=1000000")
+    # 4 episodes per call, as validation runs with the seed config: the stop is checked between
+    # calls, and 16 tiny episodes took 6 s on a loaded 2-core machine
+    evaluation = start("eval", run, "eval.episodes=1000000", "eval.chunk_size=4")
     evaluation.wait_for("its signal handlers", lambda: evaluation.catches(signal.SIGTERM))
     # data and checkpoint load in well under a CPU-second: then it is among the episodes
     evaluation.wait_for("3 CPU-seconds of eval", evaluation.after_cpu(3.0))
