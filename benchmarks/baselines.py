@@ -28,7 +28,8 @@ from torch.func import grad, vmap
 from metafew.checkpoints import load_checkpoint
 from metafew.config import Config
 from metafew.data import load_data, to_float
-from metafew.evaluation import confidence_interval, evaluate, finetune, predict_proba, queries_per_class
+from metafew.evaluation import confidence_interval, evaluate, queries_per_class
+from metafew.finetuning import finetune, predict_proba
 from metafew.functional import Params
 from metafew.learner import build_learner, load_params, norm_stats
 from metafew.models import build_model
@@ -155,7 +156,7 @@ def score_unlabeled(cfg, learner, data, args, results: dict) -> None:
     classes = data.novel.classes
     truth = torch.tensor([classes.index(a) for a in data.unlabeled.answers])
     lx, ly, ux = to_float(data.novel.images), data.novel.labels, to_float(data.unlabeled.images)
-    model = finetune(cfg, learner, data.novel)
+    model, _ = finetune(cfg, learner, data.novel)
     maml = (predict_proba(learner, model, data.unlabeled.images).argmax(-1) == truth).float().mean()
     nn = (pixel_nn(lx, ly, ux) == truth).float().mean()
     print(

@@ -226,9 +226,18 @@ def merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 def upgrade_saved(raw: Any) -> Any:
     """A config dict saved by an older metafew (a run's config.yaml, a checkpoint's config) with
-    moved keys renamed (`MOVED_KEYS`); anything else unchanged."""
+    moved keys renamed (`MOVED_KEYS`; and a finetune section from before fine-tuning became a
+    training stage, whose `steps`/`lr` were the algorithm's adaptation: now `adapt_steps` and
+    `adapt_lr`); anything else unchanged."""
     if not isinstance(raw, dict) or not isinstance(raw.get("train"), dict):
         return raw
+    finetune = raw.get("finetune")
+    if isinstance(finetune, dict) and "optimizer" not in finetune and "adapt_steps" not in finetune:
+        old = dict(finetune)
+        raw = {
+            **raw,
+            "finetune": {"adapt_steps": old.pop("steps", None), "adapt_lr": old.pop("lr", None), **old},
+        }
     train = dict(raw["train"])
     moved = {key: train.pop(key) for key in [k for k in train if f"train.{k}" in MOVED_KEYS]}
     if not moved:

@@ -17,14 +17,8 @@ from metafew.config import Config
 from metafew.config_load import to_dict
 from metafew.data import load_data, to_float
 from metafew.errors import ConfigError, DataError, DivergedError, RunError
-from metafew.evaluation import (
-    Finetuned,
-    confidence_interval,
-    evaluate,
-    finetune,
-    predict_proba,
-    queries_per_class,
-)
+from metafew.evaluation import confidence_interval, evaluate, queries_per_class
+from metafew.finetuning import Finetuned, finetune, predict_proba
 from metafew.learner import Learner, build_learner, norm_stats
 from metafew.runs import create_run, read_metrics
 from metafew.system import resolve_device, tune_allocator
@@ -78,10 +72,10 @@ def test_test_queries_use_what_the_novel_classes_allow(tiny_cfg: Config) -> None
 
 
 def test_finetune_adapts_on_all_labeled_pictures_and_freezes_their_statistics(tiny_cfg: Config) -> None:
-    tiny_cfg.finetune.steps, tiny_cfg.finetune.lr = 4, 0.2
+    tiny_cfg.finetune.adapt_steps, tiny_cfg.finetune.adapt_lr, tiny_cfg.finetune.steps = 4, 0.2, 0
     learner, _ = _learner_and_sampler(tiny_cfg)
     novel = load_data(tiny_cfg.data).novel
-    model = finetune(tiny_cfg, learner, novel)
+    model, _ = finetune(tiny_cfg, learner, novel)
     x = to_float(novel.images)
     expected = learner.algorithm.adapt(learner.params, x, novel.labels, 4, 0.2)
     for k, v in expected.items():

@@ -81,6 +81,18 @@ def test_saved_configs_of_older_runs_are_read_with_the_keys_moved(tmp_path: Path
     assert (cfg.train.iterations, cfg.runtime.device, cfg.runtime.batching) == (7, "cpu", "loop")
 
 
+def test_an_older_finetune_section_becomes_the_algorithms_adaptation(tmp_path: Path) -> None:
+    old = {"train": {"iterations": 7}, "finetune": {"steps": 50, "lr": None}}
+    assert upgrade_saved(old)["finetune"] == {"adapt_steps": 50, "adapt_lr": None}
+    new = {"train": {}, "finetune": {"steps": 50, "optimizer": "sgd"}}
+    assert upgrade_saved(new) == new  # a current section is left alone
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text("train:\n  iterations: 7\nfinetune:\n  steps: null\n  lr: 0.2\n")
+    cfg = load_run_config(run)
+    assert (cfg.finetune.adapt_steps, cfg.finetune.adapt_lr, cfg.finetune.steps) == (None, 0.2, 100)
+
+
 def test_batched_evaluation_is_a_declared_capability(tiny_cfg: Config) -> None:
     linear = build_learner(tiny_cfg, resolve_device("cpu"), 5)
     assert isinstance(linear.algorithm, MAML) and isinstance(linear.algorithm, BatchedEvaluator)

@@ -187,7 +187,7 @@ def test_create_run_round_trips_a_changed_config(tmp_path: Path) -> None:
             "train.name=my sweep/1",
             "train.outer_lr=1e-5",
             "algorithm.first_order=true",
-            "finetune.steps=null",
+            "finetune.adapt_steps=null",
             "finetune.lr=0.05",
             "data.channels=3",
         ],

@@ -14,6 +14,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn
 
 from metafew.errors import MetafewError
+from metafew.stopping import StopSignal
 
 console = Console(soft_wrap=True, markup=False, highlight=False)
 err = Console(stderr=True, soft_wrap=True)
@@ -35,23 +36,17 @@ def user_errors(prefix: str = "") -> Iterator[None]:
         raise typer.Exit(exc.exit_code) from None
 
 
-class StopFlag:
-    """Set by SIGINT/SIGTERM/SIGUSR1 so that a command stops at its next check (training after
-    the current step or validation chunk, eval/finetune/predict between phases and chunks) and
-    exits 130; remembers which signal (only SIGTERM/SIGUSR1, a cluster's preemption notice, may
-    requeue the job). Installed when it is made: make it before any slow work."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
-            if hasattr(signal, name):
-                signal.signal(getattr(signal, name), self._set)
-
-    def _set(self, signum: int, frame: Any) -> None:
-        self.signal = signum
-
-    def __call__(self) -> bool:
-        return self.signal is not None
+def stop_on_signals() -> StopSignal:
+    """A StopSignal set by SIGINT/SIGTERM/SIGUSR1, so that a command stops at its next check
+    (training after the current step, eval/finetune/predict between phases and steps) or at once
+    inside work it can throw away (validation, test episodes, prediction), and exits 130; it
+    remembers which signal (only SIGTERM/SIGUSR1, a cluster's preemption notice, may requeue the
+    job). Installed when it is made: make it before any slow work."""
+    stop = StopSignal()
+    for name in ("SIGINT", "SIGTERM", "SIGUSR1"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), stop.receive)
+    return stop
 
 
 def note(line: str) -> None:

@@ -19,7 +19,7 @@ from rich.progress import (
 )
 
 from metafew import distributed, engine
-from metafew.cli.common import DownloadBar, Overrides, StopFlag, console, note, user_errors
+from metafew.cli.common import DownloadBar, Overrides, console, note, stop_on_signals, user_errors
 from metafew.errors import DivergedError, Interrupted
 from metafew.launch import ReportedByRankZero, TrainRequest, discard_if_unsaved, prepare
 from metafew.runs import RunClaim
@@ -90,7 +90,7 @@ def train(
     ] = None,
 ) -> None:
     """Meta-train M_meta into a new run folder under train.runs_dir, or continue one (--resume)."""
-    stop = StopFlag()  # first: a signal during start-up or data loading stops before step 1
+    stop = stop_on_signals()  # first: a signal during start-up or data loading stops before step 1
     group = distributed.join()
     say = console.print if group.is_main else _silent
     with user_errors("" if group.is_main else f"rank {group.rank}: "), group, RunClaim() as claim:

@@ -1,4 +1,5 @@
-"""`metafew finetune`, `predict` and `eval`: the stages after meta-training (metafew.stages)."""
+"""`metafew finetune`, `select`, `predict` and `eval`: the stages after meta-training
+(metafew.stages)."""
 
 from __future__ import annotations
 
@@ -9,10 +10,15 @@ import typer
 from rich.markup import escape
 
 from metafew import stages
-from metafew.cli.common import DownloadBar, StopFlag, err, say, user_errors
+from metafew.cli.common import DownloadBar, err, say, stop_on_signals, user_errors
 
 FinetuneOverrides = Annotated[
-    list[str] | None, typer.Argument(help="finetune.* and runtime.* overrides, e.g. finetune.steps=50")
+    list[str] | None,
+    typer.Argument(help="finetune.*, augment.* and runtime.* overrides, e.g. finetune.steps=200"),
+]
+UnlabeledOption = Annotated[
+    Path | None,
+    typer.Option(help="unlabeled pictures for finetune.unlabeled (default: the dataset's own)"),
 ]
 EvalOverrides = Annotated[
     list[str] | None, typer.Argument(help="eval.* and runtime.* overrides, e.g. eval.episodes=100")
@@ -25,30 +31,108 @@ def finetune(
         Path | None,
         typer.Option(help="folder of <class>/*.png (default: the dataset's novel classes)"),
     ] = None,
+    unlabeled: UnlabeledOption = None,
     checkpoint: Annotated[str, typer.Option(help="best or last")] = "best",
     overrides: FinetuneOverrides = None,
 ) -> None:
-    """Adapt M_meta to the labeled novel pictures; writes M_finetune under <run>/finetune/."""
-    stop = StopFlag()  # SIGINT/SIGTERM/SIGUSR1: exit 130 at the next check, nothing written
+    """Fine-tune M_meta on the labeled novel pictures (finetune.* recipe); writes M_finetune under
+    <run>/finetune/."""
+    stop = stop_on_signals()  # SIGINT/SIGTERM/SIGUSR1: exit 130 at the next check, nothing written
     with user_errors(), DownloadBar() as download:
-        result = stages.finetune_run(run, labeled, checkpoint, overrides or [], download, stop_requested=stop)
+        result = stages.finetune_run(
+            run, labeled, checkpoint, overrides or [], download, unlabeled=unlabeled, stop_requested=stop
+        )
+    _report_finetune(result)
+
+
+def _report_finetune(result: stages.FinetuneResult) -> None:
+    r = result.record
+    unlabeled = (
+        f", {r['unlabeled_pictures']} unlabeled ({r['finetune']['unlabeled']})" if r["unlabeled"] else ""
+    )
     say(
-        f"M_finetune: {result.folder} ({result.images} labeled pictures, "
-        f"{', '.join(result.classes)}; accuracy on them {100 * result.labeled_accuracy:.1f}%)"
+        f"M_finetune: {result.folder} ({result.images} labeled pictures{unlabeled}; "
+        f"{', '.join(result.classes)}; {r['steps']} steps; accuracy on its own labeled pictures "
+        f"{100 * result.labeled_accuracy:.1f}%)"
     )
     say(f"next: metafew predict {result.folder} <folder of unlabeled pictures>")
+
+
+def select(
+    runs: Annotated[list[Path], typer.Argument(help="meta-training run folders to choose among")],
+    labeled: Annotated[
+        Path | None,
+        typer.Option(help="folder of <class>/*.png (default: the first run's novel classes)"),
+    ] = None,
+    unlabeled: UnlabeledOption = None,
+    candidate: Annotated[
+        list[str] | None,
+        typer.Option(
+            help='a recipe to compare, as overrides: "finetune.unlabeled=entropy finetune.lr=1e-3" '
+            "(repeat; default: 6 recipes, see metafew.stages.select)"
+        ),
+    ] = None,
+    folds: Annotated[int, typer.Option(help="k of the k-fold cross-validation")] = 5,
+    checkpoint: Annotated[str, typer.Option(help="best or last")] = "best",
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="overrides for every candidate (repeat)")
+    ] = None,
+) -> None:
+    """Choose the fine-tuning recipe (and run) by k-fold cross-validation on the labeled pictures,
+    print each candidate's estimated accuracy (95% interval), fine-tune the best on all of them."""
+    stop = stop_on_signals()
+
+    def show(e: stages.Estimate) -> None:
+        low, high = e.interval
+        say(
+            f"  {100 * e.accuracy:5.1f}%  [{100 * low:.1f}, {100 * high:.1f}]  {e.run.name}  "
+            f"{e.overrides or '(defaults)'}  ({e.seconds:.0f} s)"
+        )
+
+    say(f"cross-validating on the labeled pictures ({folds} folds): accuracy [95% interval]")
+    with user_errors(), DownloadBar() as download:
+        _, best, result = stages.select_run(
+            runs,
+            labeled,
+            checkpoint,
+            overrides or [],
+            download,
+            unlabeled=unlabeled,
+            candidates=candidate,
+            folds=folds,
+            report=show,
+            stop_requested=stop,
+        )
+    low, high = best.interval
+    say(
+        f"chosen: {best.overrides or '(defaults)'} on {best.run.name}: estimated accuracy on new pictures of "
+        f"these classes {100 * best.accuracy:.1f}% [{100 * low:.1f}, {100 * high:.1f}]"
+    )
+    _report_finetune(result)
 
 
 def predict(
     model_dir: Annotated[Path, typer.Argument(help="fine-tuned model folder (<run>/finetune/<id>)")],
     folder: Annotated[Path | None, typer.Argument(help="unlabeled pictures (default: the dataset's)")] = None,
+    ensemble: Annotated[
+        list[Path] | None, typer.Option(help="another fine-tuned model folder to average with (repeat)")
+    ] = None,
+    overrides: Annotated[
+        list[str] | None, typer.Option("--set", help="finetune.tta=N (test-time views) or runtime.* (repeat)")
+    ] = None,
 ) -> None:
-    """Label unlabeled pictures with M_finetune; writes predictions.csv (one probability per class)."""
-    stop = StopFlag()
+    """Label unlabeled pictures with M_finetune (or the mean of an ensemble); writes predictions.csv
+    (label, confidence, one probability per class) and summary.json; with known answers also the
+    per-class accuracy and a confusion matrix (CSV and PNG)."""
+    stop = stop_on_signals()
     with user_errors(), DownloadBar() as download:
-        result = stages.predict_run(model_dir, folder, download, stop_requested=stop)
+        result = stages.predict_run(
+            model_dir, folder, download, ensemble=ensemble, overrides=overrides or [], stop_requested=stop
+        )
     for name, reason in result.unreadable:
         err.print(f"[yellow]skipped[/] {escape(name)}: {escape(reason)}", highlight=False)
+    counts = ", ".join(f"{escape(c)} {n}" for c, n in result.summary["per_class"].items())
+    say(f"labels per class: {counts}")
     scored = "" if result.accuracy is None else f"; accuracy against answers {100 * result.accuracy:.1f}%"
     say(f"predictions: {result.csv} ({result.pictures} pictures{scored})")
 
@@ -59,7 +143,7 @@ def evaluate(
     overrides: EvalOverrides = None,
 ) -> None:
     """Accuracy on seeded test episodes of the novel classes: mean ± 95% CI, also as JSON."""
-    stop = StopFlag()
+    stop = stop_on_signals()
     with user_errors(), DownloadBar() as download:
         result = stages.evaluate_run(run, checkpoint, overrides or [], download, stop_requested=stop)
     s = result.summary

@@ -185,6 +185,7 @@ class TrainConfig:
     name: str = param("run", "run name, part of the run folder's name")
     runs_dir: str = param("runs", "folder that holds run folders")
     seed: int = param(0, "seed of the model init and the episode streams", ge=0)
+    augment: bool = param(False, "augment every training episode's pictures (augment.*)")
     iterations: int = param(300, "outer (meta) updates", ge=1)
     outer_lr: float = param(1e-3, "β, learning rate of the outer optimizer (Reptile: ε)", gt=0, le=100)
     optimizer: str = param("adam", "outer optimizer", choices=("adam", "sgd"))
@@ -219,13 +220,63 @@ class RuntimeConfig:
 
 
 @dataclass
-class FinetuneConfig:
-    """Adaptation of the meta-learned model to the labeled novel pictures."""
+class AugmentConfig:
+    """Random transforms of the pictures (metafew.augment), batched and seeded by (seed, step), for
+    the stages that set their own `augment: true` (train, finetune) and for test-time views."""
 
-    steps: int | None = param(None, "SGD steps (null: algorithm.eval_inner_steps)", ge=0)
-    lr: float | None = param(
-        None, "SGD step size (null: the algorithm's own: α, or learned step sizes)", gt=0
+    translate: float = param(0.1, "largest shift, as a fraction of the side, per axis", ge=0, le=1)
+    rotate: float = param(10.0, "largest rotation, in degrees", ge=0, le=180)
+    scale: float = param(0.1, "zoom factor drawn in [1 - scale, 1 + scale]", ge=0, le=0.9)
+    flip: str = param(
+        "auto",
+        "horizontal flips: auto (where the dataset says flips keep labels), on, off",
+        choices=("auto", "on", "off"),
     )
+    brightness: float = param(0.1, "added to [0, 1] pixels, drawn in [-brightness, brightness]", ge=0, le=1)
+    contrast: float = param(0.1, "contrast factor drawn in [1 - contrast, 1 + contrast]", ge=0, le=1)
+    saturation: float = param(0.0, "RGB only: saturation factor drawn in [1 - s, 1 + s]", ge=0, le=1)
+
+
+@dataclass
+class FinetuneConfig:
+    """M_meta -> M_finetune on the labeled novel pictures: the algorithm's own adaptation, then
+    `steps` optimizer steps on them (early-stopped on a held-out part, then refitted on all)."""
+
+    adapt_steps: int | None = param(
+        None, "steps of the algorithm's own adaptation first (null: algorithm.eval_inner_steps)", ge=0
+    )
+    adapt_lr: float | None = param(
+        None, "its step size (null: the algorithm's own: α, or learned step sizes)", gt=0
+    )
+    steps: int = param(100, "optimizer steps after the adaptation (the most, with holdout; 0: none)", ge=0)
+    optimizer: str = param("adam", "optimizer of those steps", choices=("adam", "sgd"))
+    lr: float = param(1e-3, "its learning rate (SGD: with momentum 0.9)", gt=0, le=100)
+    weight_decay: float = param(0.0, "L2 weight decay of the optimizer", ge=0)
+    params: str = param(
+        "all", "tensors that adapt: all, or the classifier head only", choices=("all", "head")
+    )
+    batch_size: int = param(0, "labeled pictures per step (0: all of them)", ge=0)
+    holdout: float = param(
+        0.2,
+        "fraction of each class held out to pick the step count (early stopping), then refit on all "
+        "(0: run all steps)",
+        ge=0,
+        le=0.5,
+    )
+    eval_every: int = param(10, "steps between held-out checks", ge=1)
+    augment: bool = param(True, "augment the labeled pictures each step (augment.*)")
+    unlabeled: str = param(
+        "none",
+        "use the unlabeled pictures: entropy (transductive fine-tuning, Dhillon et al. 2020), "
+        "fixmatch (confident pseudo-labels, Sohn et al. 2020), softkmeans (prototypes refined on "
+        "them, Ren et al. 2018; linear head), none",
+        choices=("none", "entropy", "fixmatch", "softkmeans"),
+    )
+    unlabeled_weight: float = param(1.0, "λ, weight of the unlabeled-picture loss", ge=0)
+    threshold: float = param(0.9, "τ, FixMatch keeps pseudo-labels with confidence ≥ τ", gt=0, le=1)
+    strong: float = param(2.0, "FixMatch's strong view: augment.* magnitudes × this", gt=0)
+    tta: int = param(1, "views averaged at predict time (test-time augmentation; 1: none)", ge=1, le=64)
+    seed: int = param(0, "seed of the held-out split, the batches and the transforms", ge=0)
 
 
 @dataclass
@@ -257,6 +308,7 @@ class Config:
     model: ModelConfig = section(ModelConfig)
     algorithm: AlgorithmConfig = section(AlgorithmConfig)
     train: TrainConfig = section(TrainConfig)
+    augment: AugmentConfig = section(AugmentConfig)
     finetune: FinetuneConfig = section(FinetuneConfig)
     eval: EvalConfig = section(EvalConfig)
     runtime: RuntimeConfig = section(RuntimeConfig)

@@ -119,8 +119,10 @@ class Dataset:
     splits; `recorded` is a run's class lists when a split must be reproduced (the folder
     dataset's automatic split), else None. summary/files: one line each for `metafew data list`
     and the README. remotes: the files `metafew data prepare` may download. needs_root: whether
-    data.root must be set. check(cfg): validates the dataset's own config section at load time
-    (raises ConfigError); every dataset's section is checked, whichever dataset is chosen.
+    data.root must be set. flips_keep_labels: whether a mirrored picture keeps its class (clothes,
+    objects: yes; characters: no), the default of augment.flip. check(cfg): validates the
+    dataset's own config section at load time (raises ConfigError); every dataset's section is
+    checked, whichever dataset is chosen.
     """
 
     sources: Callable[[DataConfig, Progress | None], list[Path]]
@@ -130,4 +132,5 @@ class Dataset:
     remotes: tuple[RemoteFile, ...] = ()
     cacheable: bool = True
     needs_root: bool = True
+    flips_keep_labels: bool = False
     check: Callable[[DataConfig], None] | None = None

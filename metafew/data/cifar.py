@@ -302,6 +302,7 @@ CIFAR_FS = Dataset(
     summary="CIFAR-FS: CIFAR-100 in 64/16/20 classes of 600 32x32 RGB images (Bertinetto et al. 2019)",
     files=FILES,
     remotes=(ARCHIVE,),
+    flips_keep_labels=True,
 )
 
 FC100 = Dataset(
@@ -310,4 +311,5 @@ FC100 = Dataset(
     summary="FC100: CIFAR-100 by superclass, 60/20/20 classes of 600 32x32 RGB images (Oreshkin et al. 2018)",
     files=FILES,
     remotes=(ARCHIVE,),
+    flips_keep_labels=True,
 )

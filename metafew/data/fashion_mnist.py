@@ -283,5 +283,6 @@ FASHION_MNIST = Dataset(
     "data.root, else Debian's /usr/share/datasets/fashion-mnist",
     remotes=tuple(REMOTES.values()),
     needs_root=False,  # Debian's package folder is the fallback
+    flips_keep_labels=True,
     check=check_config,
 )

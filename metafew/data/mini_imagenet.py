@@ -248,4 +248,5 @@ MINI_IMAGENET = Dataset(
     summary="mini-ImageNet: 100 ImageNet classes split 64/16/20, 600 pictures each (Ravi & Larochelle 2017)",
     files="train.csv, val.csv, test.csv with images/ (or <wnid>/ folders), or "
     "mini-imagenet-cache-{train,val,test}.pkl, in data.root (not downloadable: ImageNet's terms)",
+    flips_keep_labels=True,
 )

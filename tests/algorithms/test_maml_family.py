@@ -27,7 +27,8 @@ from metafew.algorithms.maml import msl_weights
 from metafew.checkpoints import load_checkpoint
 from metafew.config import AlgorithmConfig, Config, MAMLConfig
 from metafew.data import load_data
-from metafew.evaluation import evaluate, finetune
+from metafew.evaluation import evaluate
+from metafew.finetuning import finetune
 from metafew.functional import Params, model_params
 from metafew.learner import Learner, build_learner
 from metafew.models import Conv4, build_model, make_forward
@@ -529,11 +530,12 @@ def _metasgd_learner_with_zero_lrs(cfg: Config) -> Learner:
 
 def test_metasgd_finetune_adapts_with_the_learned_learning_rates(tiny_cfg: Config) -> None:
     learner = _metasgd_learner_with_zero_lrs(tiny_cfg)
-    tuned = finetune(tiny_cfg, learner, load_data(tiny_cfg.data).novel)
+    tiny_cfg.finetune.steps = 0  # the algorithm's own adaptation only
+    tuned, _ = finetune(tiny_cfg, learner, load_data(tiny_cfg.data).novel)
     for k, v in model_params(learner.params).items():
         torch.testing.assert_close(tuned.params[k], v.detach(), msg=k)
-    tiny_cfg.finetune.lr = 0.4  # an explicit step size still overrides the learned ones
-    tuned = finetune(tiny_cfg, learner, load_data(tiny_cfg.data).novel)
+    tiny_cfg.finetune.adapt_lr = 0.4  # an explicit step size still overrides the learned ones
+    tuned, _ = finetune(tiny_cfg, learner, load_data(tiny_cfg.data).novel)
     assert not torch.allclose(tuned.params["head.weight"], learner.params["head.weight"].detach())
 
 

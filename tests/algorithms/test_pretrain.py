@@ -23,7 +23,7 @@ from metafew.algorithms.pretrain import fit_head, global_batch, head_logits, ini
 from metafew.config import Config
 from metafew.config_load import load_config
 from metafew.data import load_data
-from metafew.evaluation import finetune
+from metafew.finetuning import finetune
 from metafew.learner import build_learner
 from metafew.models import Conv4, make_forward
 from metafew.runs import create_run, read_metrics
@@ -141,7 +141,7 @@ def test_trains_validates_and_finetunes_through_the_engine(tiny_cfg: Config, hea
     assert [r["iteration"] for r in read_metrics(run) if "val_accuracy" in r] == [2, 4]
     learner = build_learner(tiny_cfg, torch.device("cpu"), len(data.meta_train.classes))
     assert learner.params["algo.head.weight"].shape[0] == len(data.meta_train.classes)
-    tuned = finetune(tiny_cfg, learner, data.novel)
+    tuned, _ = finetune(tiny_cfg, learner, data.novel)
     assert not any(k.startswith("algo.") for k in tuned.params)
 
 

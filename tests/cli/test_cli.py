@@ -74,7 +74,7 @@ def read_predictions(folder: Path) -> tuple[list[str], list[list[str]]]:
 def probabilities(folder: Path) -> dict[str, np.ndarray]:
     """file -> its probability row, from the predictions.csv in `folder`."""
     _, rows = read_predictions(folder)
-    return {row[0]: np.array([float(p) for p in row[2:]]) for row in rows}
+    return {row[0]: np.array([float(p) for p in row[3:]]) for row in rows}
 
 
 def predict_folder(model_dir: Path, pictures: Path) -> Path:
@@ -86,13 +86,14 @@ def predict_folder(model_dir: Path, pictures: Path) -> Path:
 
 
 def check_predictions(out: Path, classes: list[str], names: list[str]) -> list[str]:
-    """predictions.csv in `out`: header, one row per name, rows sum to 1, label = argmax.
-    Returns the labels."""
+    """predictions.csv in `out`: header, one row per name, rows sum to 1, label = argmax,
+    confidence = the label's probability. Returns the labels."""
     header, rows = read_predictions(out)
-    assert header == ["file", "label", *(f"p_{c}" for c in classes)]
+    assert header == ["file", "label", "confidence", *(f"p_{c}" for c in classes)]
     assert [row[0] for row in rows] == names
     for row in rows:
-        probs = np.array([float(p) for p in row[2:]])
+        probs = np.array([float(p) for p in row[3:]])
+        assert float(row[2]) == pytest.approx(probs.max(), abs=1e-6)
         assert probs.shape == (len(classes),)
         assert (probs >= 0).all()
         assert abs(probs.sum() - 1.0) <= 1e-4, row

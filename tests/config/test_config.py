@@ -47,7 +47,7 @@ def test_defaults_equal_the_dataclass_defaults() -> None:
     assert (cfg.task.ways, cfg.task.shots, cfg.task.queries) == (5, 5, 15)
     assert cfg.algorithm.inner_lr == AlgorithmConfig().inner_lr == 0.4
     assert cfg.train.outer_lr == TrainConfig().outer_lr == 1e-3
-    assert cfg.finetune.steps is None and cfg.finetune.lr is None
+    assert cfg.finetune.adapt_steps is None and cfg.finetune.adapt_lr is None
     assert from_dict({}) == Config()
 
 
@@ -79,13 +79,13 @@ def test_overrides_apply_on_top_of_the_file(tmp_path: Path) -> None:
 
 def test_parse_overrides_builds_a_nested_typed_dict() -> None:
     tree = parse_overrides(
-        ["task.shots=1", "train.outer_lr=1e-3", "data.glyphs.seed=3", "train.name=x", "finetune.lr=null"]
+        ["task.shots=1", "train.outer_lr=1e-3", "data.glyphs.seed=3", "train.name=x", "finetune.adapt_lr=null"]
     )
     assert tree == {
         "task": {"shots": 1},
         "train": {"outer_lr": 1e-3, "name": "x"},
         "data": {"glyphs": {"seed": 3}},
-        "finetune": {"lr": None},
+        "finetune": {"adapt_lr": None},
     }
     assert isinstance(tree["train"]["outer_lr"], float)
 
@@ -213,22 +213,22 @@ def test_quoted_no_is_a_string() -> None:
 
 
 def test_optional_fields_accept_null(tmp_path: Path) -> None:
-    cfg = load_config(None, ["finetune.steps=3", "finetune.lr=0.1", "eval.queries=2"])
-    assert (cfg.finetune.steps, cfg.finetune.lr, cfg.eval.queries) == (3, 0.1, 2)
-    cfg = load_config(None, ["finetune.steps=null", "finetune.lr=~", "eval.queries="])
-    assert cfg.finetune.steps is None and cfg.finetune.lr is None and cfg.eval.queries is None
-    cfg = load_config(write_yaml(tmp_path, "finetune:\n  steps: null\n  lr: 0.5\n"))
-    assert cfg.finetune.steps is None and cfg.finetune.lr == 0.5
+    cfg = load_config(None, ["finetune.adapt_steps=3", "finetune.adapt_lr=0.1", "eval.queries=2"])
+    assert (cfg.finetune.adapt_steps, cfg.finetune.adapt_lr, cfg.eval.queries) == (3, 0.1, 2)
+    cfg = load_config(None, ["finetune.adapt_steps=null", "finetune.adapt_lr=~", "eval.queries="])
+    assert cfg.finetune.adapt_steps is None and cfg.finetune.adapt_lr is None and cfg.eval.queries is None
+    cfg = load_config(write_yaml(tmp_path, "finetune:\n  adapt_steps: null\n  adapt_lr: 0.5\n"))
+    assert cfg.finetune.adapt_steps is None and cfg.finetune.adapt_lr == 0.5
 
 
 def test_optional_field_type_error_mentions_null() -> None:
-    message = config_error(["finetune.steps=abc"])
-    assert "finetune.steps" in message and "expected an integer or null" in message
+    message = config_error(["finetune.adapt_steps=abc"])
+    assert "finetune.adapt_steps" in message and "expected an integer or null" in message
 
 
 def test_optional_field_keeps_its_range() -> None:
-    message = config_error(["finetune.lr=0"])
-    assert "finetune.lr" in message and "> 0" in message
+    message = config_error(["finetune.adapt_lr=0"])
+    assert "finetune.adapt_lr" in message and "> 0" in message
 
 
 def test_section_given_a_scalar_is_rejected() -> None:

@@ -14,7 +14,8 @@ from metafew import engine
 from metafew.checkpoints import load_checkpoint
 from metafew.config_load import from_dict, merge, read_yaml_file, to_dict
 from metafew.data import load_data
-from metafew.evaluation import evaluate, finetune, predict_proba
+from metafew.evaluation import evaluate
+from metafew.finetuning import finetune, predict_proba
 from metafew.learner import build_learner, load_params
 from metafew.runs import create_run
 from metafew.tasks import EpisodeSampler
@@ -45,6 +46,6 @@ def test_config_trains_evaluates_and_finetunes_on_tiny_data(path: Path, tmp_path
     sampler = EpisodeSampler(data.novel, cfg.task.ways, cfg.task.shots, 3, seed=1)
     accs = evaluate(learner, sampler, 4, cfg.algorithm.eval_inner_steps, None, cfg.eval.norm)
     assert accs.shape == (4,) and np.isfinite(accs).all()
-    model = finetune(cfg, learner, data.novel)
+    model, _ = finetune(cfg, learner, data.novel)
     probs = predict_proba(learner, model, data.novel.images)
     assert all(math.isclose(float(s), 1.0, abs_tol=1e-4) for s in probs.sum(-1))

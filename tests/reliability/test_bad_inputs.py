@@ -239,7 +239,7 @@ def test_predict_skips_unreadable_files_and_writes_odd_class_names_safely(tmp_pa
     assert sorted(line.split()[1].rstrip(":") for line in skipped) == ["bomb.png", "broken.png"]
     with (only_child(model / "predict") / "predictions.csv").open(newline="", encoding="utf-8") as handle:
         header, *rows = list(csv.reader(handle))
-    assert header == ["file", "label", *(f"p_{c}" for c in sorted(ODD_CLASSES))]
+    assert header == ["file", "label", "confidence", *(f"p_{c}" for c in sorted(ODD_CLASSES))]
     assert [row[0] for row in rows] == ["good0.png", "good1.png", "good2.png"]
     assert all(row[1] in {"'=HYPERLINK(1)", "a,b", 'quo"te'} for row in rows)  # a formula is quoted
 

@@ -6,12 +6,12 @@ spent past one), sends SIGTERM or SIGINT from outside and asserts the documented
 last.pt at the iteration it names, `eval`, `finetune` and `predict` leave no result.
 
 Where a stop lands and what it costs: between two outer steps, the step running finishes;
-during a validation, the chunk of episodes running finishes (the chunk is the latency: about
-1-3 s per 4 episodes of configs/maml_5w5s.yaml on one core) and the validation is left out
-(the resumed run does it first);
-during data loading, loading finishes, and a new run's folder is removed. The waits are events,
-never fixed sleeps, so the tests hold on a loaded machine (the 5 s bound itself has about 2 s
-to spare there); they need Linux's /proc to see those events. The seconds from each signal to
+during a validation or test episodes, the work is abandoned at once (metafew.stopping) and the
+validation is left out (the resumed run does it first); during data loading, loading finishes,
+and a new run's folder is removed. A stopped command leaves without the interpreter's teardown
+of torch (metafew.cli.main), which alone took 1.5 s idle and 3-4 s under load. The waits are events,
+never fixed sleeps, so the tests hold on a loaded machine (measured: 0.1-1.3 s with a training
+beside them); they need Linux's /proc to see those events. The seconds from each signal to
 the exit are recorded as test properties (`--junitxml=FILE -o junit_family=legacy`).
 """
 

@@ -1,0 +1,345 @@
+"""M_meta -> M_finetune: fine-tuning as a training stage on the labeled novel pictures, the
+unlabeled pictures put to work, and class probabilities (with test-time views) from the result.
+
+The recipe (`finetune.*`):
+1. The algorithm's own adaptation on all labeled pictures (`adapt_steps` at `adapt_lr`: MAML's α
+   steps, ProtoNet's prototype head, Baseline's fitted head), so that step 0 is exactly what the
+   meta-learned model was trained to do. With `unlabeled: softkmeans` the prototype head is then
+   refined on the unlabeled pictures (soft k-means, Ren et al., ICLR 2018, eq. 3-4).
+2. `steps` steps of Adam or SGD on the cross-entropy of the labeled pictures (augmented each step,
+   seeded by (finetune.seed, step)), plus λ times an unlabeled term:
+   - entropy: mean H(p(y|u)) over the unlabeled pictures (transductive fine-tuning, Dhillon,
+     Chaudhari, Ravichandran & Soatto, ICLR 2020);
+   - fixmatch: cross-entropy of a strongly augmented view against the pseudo-label of a weakly
+     augmented one, kept where its confidence is ≥ τ (Sohn et al., NeurIPS 2020).
+   Labeled and unlabeled pictures share one forward pass, hence one set of BatchNorm statistics.
+3. Early stopping: with `holdout` > 0 the recipe first runs on the labeled pictures minus a
+   stratified held-out part, scores that part every `eval_every` steps, keeps the step count of
+   the lowest held-out loss, and then refits from step 1 on all labeled pictures for that many.
+4. BatchNorm statistics are then computed once on the training pictures and frozen, so that a
+   picture's prediction never depends on the other pictures of its batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from metafew.algorithms.protonet import prototype_head, prototypes, squared_distances
+from metafew.augment import Augment, augment, tta_views, view_generator
+from metafew.checkpoints import FinetunedCheckpoint
+from metafew.config import Config, FinetuneConfig
+from metafew.data import DATASETS, LabeledImages, to_float
+from metafew.errors import ConfigError, DataError, Interrupted
+from metafew.functional import Params
+from metafew.learner import Learner, norm_stats
+from metafew.models import NormStats
+from metafew.stopping import abandonable
+
+StopRequested = Callable[[], bool]
+
+
+def augment_spec(cfg: Config) -> Augment:
+    """The transforms of `augment.*`; flips where augment.flip is on, or auto and the dataset
+    says mirrored pictures keep their class."""
+    a = cfg.augment
+    flip = a.flip == "on" or (a.flip == "auto" and DATASETS[cfg.data.dataset].flips_keep_labels)
+    return Augment(a.translate, a.rotate, a.scale, flip, a.brightness, a.contrast, a.saturation)
+
+
+def stratified_holdout(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept, held) index tensors: round(fraction·n_c) pictures of every class c held out, at
+    least one where the class has two or more and none where it has one; seeded."""
+    generator = torch.Generator().manual_seed(seed)
+    kept, held = [], []
+    for c in labels.unique(sorted=True).tolist():
+        members = torch.nonzero(labels == c).flatten()
+        members = members[torch.randperm(len(members), generator=generator)]
+        n_held = 0 if len(members) < 2 else max(1, round(fraction * len(members)))
+        held.append(members[:n_held])
+        kept.append(members[n_held:])
+    return torch.sort(torch.cat(kept)).values, torch.sort(torch.cat(held)).values
+
+
+def entropy(logits: torch.Tensor) -> torch.Tensor:
+    """Mean Shannon entropy (nats) of softmax(logits): [N, ways] -> scalar."""
+    logp = F.log_softmax(logits, dim=-1)
+    return -(logp.exp() * logp).sum(-1).mean()
+
+
+def fixmatch_loss(weak: torch.Tensor, strong: torch.Tensor, threshold: float) -> torch.Tensor:
+    """FixMatch's unlabeled loss: weak, strong [N, ways] logits of two views of the same pictures;
+    cross-entropy of `strong` against argmax(weak) where max softmax(weak) ≥ threshold, averaged
+    over all N (so that few confident pictures give a small loss, as in the paper)."""
+    confidence, pseudo = torch.softmax(weak.detach(), dim=-1).max(-1)
+    mask = (confidence >= threshold).to(strong.dtype)
+    return (F.cross_entropy(strong, pseudo, reduction="none") * mask).mean()
+
+
+def soft_kmeans_head(
+    learner: Learner, params: Params, x: torch.Tensor, y: torch.Tensor, unlabeled: torch.Tensor, ways: int
+) -> Params:
+    """The prototype head refined by one soft k-means step on the unlabeled embeddings (Ren et
+    al. 2018): c_k = (Σ_{y=k} f(x) + Σ_u z_uk f(u)) / (n_k + Σ_u z_uk), z_u = softmax(−‖f(u) − c‖²)
+    from the labeled prototypes c. x [n, C, H, W], y [n], unlabeled [m, C, H, W], floats."""
+    features = learner.forward(params, torch.cat([x, unlabeled]), embed=True)
+    fx, fu = features[: len(x)], features[len(x) :]
+    centers = prototypes(fx, y, ways)
+    z = torch.softmax(-squared_distances(fu, centers), dim=-1)  # [m, ways]
+    onehot = F.one_hot(y, ways).to(fx.dtype)
+    refined = (onehot.T @ fx + z.T @ fu) / (onehot.sum(0) + z.sum(0))[:, None]
+    return {**params, **prototype_head(refined)}
+
+
+@dataclass
+class Fitted:
+    """Fine-tuned parameters and how they were chosen: `steps` optimizer steps of the final fit,
+    and the held-out curve [(step, loss, accuracy)] that chose it (empty without a holdout)."""
+
+    params: Params
+    steps: int
+    curve: list[tuple[int, float, float]] = field(default_factory=list)
+
+
+def _start(
+    cfg: Config, learner: Learner, x: torch.Tensor, y: torch.Tensor, unlabeled: torch.Tensor | None
+) -> Params:
+    """Step 0: the algorithm's own adaptation (and the soft k-means head), detached."""
+    ft = cfg.finetune
+    steps = cfg.algorithm.eval_inner_steps if ft.adapt_steps is None else ft.adapt_steps
+    with torch.no_grad():  # torch.func.grad still differentiates the inner loop
+        params = learner.algorithm.adapt(learner.params, x, y, steps, ft.adapt_lr)
+        if ft.unlabeled == "softkmeans" and unlabeled is not None:
+            params = soft_kmeans_head(learner, params, x, y, unlabeled, cfg.task.ways)
+    return {k: v.detach() for k, v in params.items()}
+
+
+def _optimizer(ft: FinetuneConfig, leaves: list[torch.Tensor]) -> torch.optim.Optimizer:
+    if ft.optimizer == "sgd":
+        return torch.optim.SGD(leaves, lr=ft.lr, momentum=0.9, weight_decay=ft.weight_decay)
+    return torch.optim.Adam(leaves, lr=ft.lr, weight_decay=ft.weight_decay)
+
+
+def _train(
+    learner: Learner,
+    ft: FinetuneConfig,
+    spec: Augment,
+    start: Params,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    unlabeled: torch.Tensor | None,
+    steps: int,
+    watch: Callable[[int, Params], None] | None,
+    stop_requested: StopRequested,
+) -> Params:
+    """`steps` optimizer steps from `start` on float pictures x [n, C, H, W] with labels y [n] and
+    (unless finetune.unlabeled is none) float unlabeled pictures [m, C, H, W]; `watch(step,
+    params)` after every finetune.eval_every steps. Step s draws its batch and transforms from
+    view_generator(finetune.seed, s), so two fits of the same pictures are identical."""
+    params = {
+        k: v.clone().requires_grad_(ft.params == "all" or k.startswith("head.")) for k, v in start.items()
+    }
+    optimizer = _optimizer(ft, [p for p in params.values() if p.requires_grad])
+    use_unlabeled = unlabeled is not None and ft.unlabeled in ("entropy", "fixmatch")
+    strong = spec.scaled(ft.strong)
+    for step in range(1, steps + 1):
+        if stop_requested():
+            raise Interrupted(f"stopped at fine-tuning step {step - 1} of {steps}")
+        generator = view_generator(ft.seed, step)
+        xb, yb = x, y
+        if 0 < ft.batch_size < len(x):
+            pick = torch.randperm(len(x), generator=generator)[: ft.batch_size].to(x.device)
+            xb, yb = x[pick], y[pick]
+        views = [augment(xb, spec, generator) if ft.augment else xb]
+        if use_unlabeled:
+            assert unlabeled is not None
+            ub = unlabeled
+            if 0 < ft.batch_size < len(unlabeled):
+                ub = unlabeled[
+                    torch.randperm(len(unlabeled), generator=generator)[: ft.batch_size].to(x.device)
+                ]
+            weak = augment(ub, spec, generator) if ft.augment else ub
+            views += [weak, augment(ub, strong, generator)] if ft.unlabeled == "fixmatch" else [weak]
+        logits = learner.forward(params, torch.cat(views))
+        parts = torch.split(logits, [len(v) for v in views])
+        loss = F.cross_entropy(parts[0], yb)
+        if ft.unlabeled == "entropy" and use_unlabeled:
+            loss = loss + ft.unlabeled_weight * entropy(parts[1])
+        elif ft.unlabeled == "fixmatch" and use_unlabeled:
+            loss = loss + ft.unlabeled_weight * fixmatch_loss(parts[1], parts[2], ft.threshold)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if watch is not None and step % ft.eval_every == 0:
+            watch(step, params)
+    return {k: v.detach() for k, v in params.items()}
+
+
+def frozen_stats(
+    learner: Learner, params: Params, x: torch.Tensor, unlabeled: torch.Tensor | None
+) -> NormStats:
+    """The BatchNorm statistics of the training pictures (labeled, plus unlabeled where the recipe
+    used them), frozen for prediction."""
+    with torch.no_grad():
+        return norm_stats(learner, params, x if unlabeled is None else torch.cat([x, unlabeled]))
+
+
+def fit(
+    cfg: Config,
+    learner: Learner,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    unlabeled: torch.Tensor | None = None,
+    *,
+    stop_requested: StopRequested = lambda: False,
+) -> Fitted:
+    """The fine-tuning recipe of the module docstring on uint8 images [n, C, H, W] with labels [n]
+    and optional uint8 unlabeled pictures [m, C, H, W]. `stop_requested()` is checked before
+    every step, and a StopSignal's signal stops at once (metafew.stopping): Interrupted."""
+    with abandonable(stop_requested):  # nothing of a fit is kept if it is cut
+        return _fit(cfg, learner, images, labels, unlabeled, stop_requested)
+
+
+def _fit(
+    cfg: Config,
+    learner: Learner,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    unlabeled: torch.Tensor | None,
+    stop_requested: StopRequested,
+) -> Fitted:
+    ft = cfg.finetune
+    spec = augment_spec(cfg)
+    device = learner.device
+    x, y = to_float(images).to(device), labels.to(device)
+    u = None if unlabeled is None or ft.unlabeled == "none" else to_float(unlabeled).to(device)
+    steps, curve = ft.steps, []
+    if ft.holdout > 0 and ft.steps > 0:
+        kept, held = stratified_holdout(labels, ft.holdout, ft.seed)
+        if len(held):
+            kept, held = kept.to(device), held.to(device)
+            u_fold = u if u is None else torch.cat([u, x[held]])  # the held-out part is unlabeled too
+
+            def score(step: int, params: Params) -> None:
+                with torch.no_grad():
+                    stats = frozen_stats(learner, params, x[kept], u_fold)
+                    logits = learner.forward(params, x[held], stats)
+                    curve.append(
+                        (
+                            step,
+                            float(F.cross_entropy(logits, y[held])),
+                            float((logits.argmax(-1) == y[held]).float().mean()),
+                        )
+                    )
+
+            start = _start(cfg, learner, x[kept], y[kept], u_fold)
+            score(0, start)
+            _train(learner, ft, spec, start, x[kept], y[kept], u_fold, ft.steps, score, stop_requested)
+            steps = min(curve, key=lambda c: (round(c[1], 6), c[0]))[0]
+    start = _start(cfg, learner, x, y, u)
+    params = _train(learner, ft, spec, start, x, y, u, steps, None, stop_requested)
+    return Fitted(params, steps, curve)
+
+
+# ---------------------------------------------------------------------------------------------
+# M_finetune
+
+
+@dataclass
+class Finetuned:
+    """M_finetune: adapted parameters, the BatchNorm statistics of its training pictures under
+    them (frozen, so that each prediction depends on its own picture only), class names and the
+    number of test-time views `predict` averages (1: none)."""
+
+    params: Params
+    stats: NormStats
+    classes: list[str]
+    tta: int = 1
+
+    def record(self, config: dict[str, Any], train_classes: int) -> FinetunedCheckpoint:
+        """What goes into model.pt."""
+        return FinetunedCheckpoint(self.params, self.stats, self.classes, config, train_classes)
+
+    @classmethod
+    def from_record(cls, record: FinetunedCheckpoint, device: torch.device, tta: int = 1) -> Finetuned:
+        """The inverse of `record`, on `device`."""
+        params = {k: v.to(device) for k, v in record.params.items()}
+        stats = [(m.to(device), v.to(device)) for m, v in record.stats]
+        return cls(params, stats, list(record.classes), tta)
+
+
+def check_ways(cfg: Config, classes: list[str]) -> None:
+    """DataError unless there is one labeled class per output of the model (task.ways)."""
+    if len(classes) != cfg.task.ways:
+        raise DataError(
+            f"the model has {cfg.task.ways} outputs (task.ways) but {len(classes)} labeled novel classes "
+            f"were given ({', '.join(classes)}); meta-train with task.ways={len(classes)}"
+        )
+
+
+def finetune(
+    cfg: Config,
+    learner: Learner,
+    labeled: LabeledImages,
+    unlabeled: torch.Tensor | None = None,
+    *,
+    stop_requested: StopRequested = lambda: False,
+) -> tuple[Finetuned, Fitted]:
+    """M_finetune from the meta-learned learner: `fit` on all labeled novel pictures (and the
+    uint8 unlabeled ones [m, C, H, W] where finetune.unlabeled uses them)."""
+    check_ways(cfg, labeled.classes)
+    if cfg.finetune.unlabeled != "none" and unlabeled is None:
+        raise ConfigError(
+            f"finetune.unlabeled = {cfg.finetune.unlabeled} needs unlabeled pictures: give "
+            "--unlabeled DIR, or finetune.unlabeled=none"
+        )
+    if cfg.finetune.unlabeled == "softkmeans" and cfg.model.head != "linear":
+        raise ConfigError(
+            "finetune.unlabeled = softkmeans writes prototypes into a linear head; use model.head=linear"
+        )
+    fitted = fit(cfg, learner, labeled.images, labeled.labels, unlabeled, stop_requested=stop_requested)
+    used = None if cfg.finetune.unlabeled == "none" else unlabeled
+    x = to_float(labeled.images).to(learner.device)
+    u = None if used is None else to_float(used).to(learner.device)
+    stats = frozen_stats(learner, fitted.params, x, u)
+    return Finetuned(fitted.params, stats, list(labeled.classes), cfg.finetune.tta), fitted
+
+
+def predict_proba(
+    learner: Learner,
+    model: Finetuned,
+    images: torch.Tensor,
+    batch_size: int = 256,
+    *,
+    spec: Augment | None = None,
+    seed: int = 0,
+    stop_requested: StopRequested = lambda: False,
+) -> torch.Tensor:
+    """Class probabilities [n, ways] for uint8 images [n, C, H, W]: the mean softmax over
+    model.tta views (view 0 the picture itself; the others `tta_views` of `spec`, drawn per
+    picture from (seed, view, index), so chunking does not change them). BatchNorm uses the
+    frozen statistics of `model`, so a picture's result does not depend on the rest of the batch.
+    `stop_requested()` is checked before each batch: Interrupted naming how many were done."""
+    views = model.tta if spec is not None else 1
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            if stop_requested():
+                raise Interrupted(f"stopped after {start} of {len(images)} pictures")
+            chunk = images[start : start + batch_size]
+            try:
+                with abandonable(stop_requested):
+                    x = (
+                        to_float(chunk)[None]
+                        if views == 1 or spec is None
+                        else tta_views(chunk, spec, views, seed, offset=start)
+                    ).to(learner.device)
+                    logits = learner.forward(model.params, x.flatten(0, 1), model.stats)
+                    out.append(torch.softmax(logits, dim=-1).view(x.shape[0], len(chunk), -1).mean(0).cpu())
+            except Interrupted:
+                raise Interrupted(f"stopped after {start} of {len(images)} pictures") from None
+    return torch.cat(out)

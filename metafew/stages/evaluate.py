@@ -1,0 +1,85 @@
+"""`metafew eval`: accuracy of a checkpoint on seeded test episodes of the novel classes, with a
+95% confidence interval -> <run>/eval/<stamp>-<id>.json."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from metafew.data.download import Progress as DownloadProgress
+from metafew.evaluation import confidence_interval, evaluate, queries_per_class
+from metafew.files import ensure_writable, write_json
+from metafew.launch import load_run_data
+from metafew.runs import new_file, resolve_run
+from metafew.stages.common import (
+    StopRequested,
+    check_stop,
+    checkpoint_name,
+    meta_learner,
+    nothing_written,
+    run_config,
+)
+from metafew.tasks import EpisodeSampler
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    """What `evaluate_run` wrote to `path` (`summary` is that JSON's content)."""
+
+    path: Path
+    summary: dict[str, Any]
+
+
+def evaluate_run(
+    run: Path,
+    checkpoint: str | None,
+    overrides: list[str],
+    progress: DownloadProgress | None = None,
+    *,
+    stop_requested: StopRequested = lambda: False,
+) -> EvalResult:
+    """Accuracy on eval.episodes seeded test episodes of the novel classes -> <run>/eval/*.json.
+    `stop_requested()` is checked between phases and chunks of episodes: Interrupted, nothing
+    written."""
+    run = resolve_run(run)
+    ensure_writable(run / "eval")
+    cfg = run_config(run, overrides, ("eval", "runtime"))
+    which = checkpoint_name(checkpoint or cfg.eval.checkpoint)
+    novel = load_run_data(cfg, run, progress).novel
+    check_stop(stop_requested, "eval", "after loading the data")
+    queries = queries_per_class(cfg, novel)
+    sampler = EpisodeSampler(novel, cfg.task.ways, cfg.task.shots, queries, cfg.eval.seed, "novel")
+    learner, saved = meta_learner(run, cfg, which)
+    check_stop(stop_requested, "eval", "after loading the checkpoint")
+    started = time.perf_counter()
+    with nothing_written("eval"):
+        accs = evaluate(
+            learner,
+            sampler,
+            cfg.eval.episodes,
+            cfg.algorithm.eval_inner_steps,
+            None,
+            cfg.eval.norm,
+            stop_requested=stop_requested,
+        )
+    mean, ci = confidence_interval(accs)
+    summary = {
+        "accuracy": mean,
+        "ci95": ci,
+        "episodes": cfg.eval.episodes,
+        "ways": cfg.task.ways,
+        "shots": cfg.task.shots,
+        "queries": queries,
+        "inner_steps": cfg.algorithm.eval_inner_steps,
+        "norm": cfg.eval.norm,
+        "checkpoint": which,
+        "meta_iteration": saved.iteration,
+        "seed": cfg.eval.seed,
+        "seconds": time.perf_counter() - started,
+        "per_episode": accs.tolist(),
+    }
+    path = new_file(run / "eval", ".json")
+    write_json(path, summary)
+    return EvalResult(path, summary)

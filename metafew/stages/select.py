@@ -1,0 +1,166 @@
+"""`metafew select`: choose the fine-tuning recipe (and the meta-trained run) by k-fold
+cross-validation on the labeled novel pictures, report the chosen one's estimated accuracy with a
+95% interval, then fine-tune it on all of them -> <run>/finetune/<stamp>-<id>/ with the table
+of candidates in finetune.json["selection"]."""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from metafew.data.download import Progress as DownloadProgress
+from metafew.errors import ConfigError
+from metafew.files import ensure_writable
+from metafew.runs import resolve_run
+from metafew.selection import cross_validate, wilson_interval
+from metafew.stages.common import (
+    StopRequested,
+    check_stop,
+    checkpoint_name,
+    meta_learner,
+    nothing_written,
+    run_config,
+    unlabeled_pictures,
+)
+from metafew.stages.finetune import SECTIONS, FinetuneResult, Sources, fit_and_save, labeled_pictures
+
+DEFAULT_CANDIDATES = (
+    "finetune.steps=0",
+    "finetune.augment=false",
+    "",
+    "finetune.unlabeled=entropy",
+    "finetune.unlabeled=fixmatch",
+    "finetune.unlabeled=fixmatch finetune.tta=8",
+)
+"""Recipes compared when none are given: the algorithm's own adaptation only, supervised
+fine-tuning, + augmentation (the defaults), + entropy, + FixMatch, + test-time views. Those that
+need unlabeled pictures are dropped when there are none."""
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """One candidate's cross-validated accuracy: `correct` of `pictures`, with its 95% interval."""
+
+    run: Path
+    overrides: str
+    correct: int
+    pictures: int
+    seconds: float
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.pictures
+
+    @property
+    def interval(self) -> tuple[float, float]:
+        return wilson_interval(self.correct, self.pictures)
+
+    def record(self) -> dict[str, Any]:
+        low, high = self.interval
+        return {
+            "run": str(self.run),
+            "overrides": self.overrides,
+            "accuracy": self.accuracy,
+            "ci95": [low, high],
+            "pictures": self.pictures,
+            "seconds": round(self.seconds, 1),
+        }
+
+
+def candidate_list(candidates: list[str] | None, has_unlabeled: bool) -> list[str]:
+    """The candidates to compare (each a string of finetune.* / augment.* overrides)."""
+    chosen = (
+        list(candidates)
+        if candidates
+        else [c for c in DEFAULT_CANDIDATES if has_unlabeled or "unlabeled=" not in c]
+    )
+    if not chosen:
+        raise ConfigError("select needs at least one --candidate")
+    return chosen
+
+
+def select_run(
+    runs: list[Path],
+    labeled: Path | None,
+    checkpoint: str,
+    overrides: list[str],
+    progress: DownloadProgress | None = None,
+    *,
+    unlabeled: Path | None = None,
+    candidates: list[str] | None = None,
+    folds: int = 5,
+    report: Callable[[Estimate], None] = lambda e: None,
+    stop_requested: StopRequested = lambda: False,
+) -> tuple[list[Estimate], Estimate, FinetuneResult]:
+    """Cross-validate every (run, candidate), `report` each estimate as it is done, fine-tune the
+    best on all labeled pictures into its run's finetune/ folder. Labeled and unlabeled pictures
+    come from the first run's dataset unless given. Ties go to the earlier candidate."""
+    if folds < 2:
+        raise ConfigError(f"--folds {folds}: cross-validation needs at least 2 folds")
+    runs = [resolve_run(r) for r in runs]
+    which = checkpoint_name(checkpoint)
+    for run in runs:
+        ensure_writable(run / "finetune")
+    base = run_config(runs[0], overrides, SECTIONS)
+    novel = labeled_pictures(base, labeled, runs[0], progress)
+    if folds > min(novel.counts()):
+        raise ConfigError(
+            f"--folds {folds}: the smallest labeled class has {min(novel.counts())} pictures; "
+            "use at most that many folds"
+        )
+    try:
+        pictures = unlabeled_pictures(base, unlabeled, runs[0], progress)[0]
+    except ConfigError:
+        if unlabeled is not None:
+            raise
+        pictures = None  # the dataset has no unlabeled pictures: only the supervised candidates
+    chosen = candidate_list(candidates, pictures is not None)
+    check_stop(stop_requested, "select", "after loading the pictures")
+    estimates = []
+    with nothing_written("select"):
+        for run in runs:
+            for candidate in chosen:
+                cfg = run_config(run, [*overrides, *shlex.split(candidate)], SECTIONS)
+                learner, _ = meta_learner(run, cfg, which)
+                started = time.perf_counter()
+                correct = cross_validate(
+                    cfg,
+                    learner,
+                    novel,
+                    None if pictures is None else pictures.images,
+                    folds,
+                    stop_requested=stop_requested,
+                )
+                estimate = Estimate(
+                    run, candidate, int(correct.sum()), len(correct), time.perf_counter() - started
+                )
+                estimates.append(estimate)
+                report(estimate)
+        best = max(estimates, key=lambda e: e.correct)  # max keeps the first of equals
+    cfg = run_config(best.run, [*overrides, *shlex.split(best.overrides)], SECTIONS)
+    learner, saved = meta_learner(best.run, cfg, which)
+    selection = {
+        "folds": folds,
+        "chosen": best.record(),
+        "candidates": [e.record() for e in estimates],
+        "note": "estimated accuracy on pictures of these classes: k-fold cross-validation on the "
+        "labeled pictures, 95% Wilson interval; the winner of several candidates is slightly optimistic",
+    }
+    source = Sources(labeled, unlabeled)
+    result = fit_and_save(
+        cfg,
+        best.run,
+        which,
+        learner,
+        saved,
+        novel,
+        pictures,
+        source,
+        {"selection": selection},
+        stop_requested,
+    )
+    return estimates, best, result

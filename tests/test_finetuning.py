@@ -1,0 +1,202 @@
+"""metafew.finetuning and metafew.selection: the fine-tuning recipe, its unlabeled terms, the
+held-out step choice, test-time views, and the cross-validated estimate."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from metafew.config import Config
+from metafew.data import load_data, to_float
+from metafew.errors import ConfigError
+from metafew.finetuning import (
+    augment_spec,
+    entropy,
+    finetune,
+    fit,
+    fixmatch_loss,
+    frozen_stats,
+    predict_proba,
+    soft_kmeans_head,
+    stratified_holdout,
+)
+from metafew.learner import Learner, build_learner
+from metafew.selection import cross_validate, stratified_folds, wilson_interval
+
+
+@pytest.fixture
+def learner(tiny_cfg: Config) -> Learner:
+    return build_learner(tiny_cfg, torch.device("cpu"), 5)
+
+
+@pytest.fixture
+def novel(tiny_cfg: Config):
+    return load_data(tiny_cfg.data).novel
+
+
+def test_holdout_is_stratified_disjoint_and_seeded() -> None:
+    labels = torch.tensor([0] * 10 + [1] * 5 + [2] * 1)
+    kept, held = stratified_holdout(labels, 0.2, seed=3)
+    assert sorted(kept.tolist() + held.tolist()) == list(range(16))
+    assert torch.bincount(labels[held], minlength=3).tolist() == [2, 1, 0]  # a single picture stays
+    again = stratified_holdout(labels, 0.2, seed=3)
+    assert torch.equal(again[1], held) and not torch.equal(stratified_holdout(labels, 0.2, seed=4)[1], held)
+
+
+def test_entropy_is_log_ways_when_uniform_and_zero_when_certain() -> None:
+    assert float(entropy(torch.zeros(4, 5))) == pytest.approx(math.log(5))
+    assert float(entropy(torch.tensor([[100.0, 0.0, 0.0]]))) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_fixmatch_keeps_only_confident_pseudo_labels() -> None:
+    weak = torch.tensor([[4.0, 0.0], [0.1, 0.0]])  # confident 0.982 -> class 0; unsure 0.525
+    strong = torch.tensor([[0.0, 1.0], [5.0, 0.0]])
+    expected = F.cross_entropy(strong[:1], torch.tensor([0])) / 2  # the mean over both pictures
+    assert float(fixmatch_loss(weak, strong, 0.9)) == pytest.approx(float(expected))
+    assert float(fixmatch_loss(weak, strong, 0.99)) == 0.0
+    weak.requires_grad_(True)
+    fixmatch_loss(weak, strong.requires_grad_(True), 0.9).backward()
+    assert weak.grad is None  # the pseudo-label is a target, not a path for gradients
+
+
+def test_soft_kmeans_moves_the_prototypes_towards_the_unlabeled_pictures(
+    tiny_cfg: Config, learner: Learner, novel
+) -> None:
+    x, y = to_float(novel.images), novel.labels
+    params = learner.algorithm.adapt(learner.params, x, y, 0)
+    refined = soft_kmeans_head(learner, params, x, y, x[:3], 3)
+    features = learner.forward(params, torch.cat([x, x[:3]]), embed=True)
+    fx, fu = features[: len(x)], features[len(x) :]
+    centers = torch.stack([fx[y == k].mean(0) for k in range(3)])
+    z = torch.softmax(-(torch.cdist(fu, centers) ** 2), dim=-1)
+    expected = torch.stack(
+        [
+            (fx[y == k].sum(0) + (z[:, k : k + 1] * fu).sum(0)) / ((y == k).sum() + z[:, k].sum())
+            for k in range(3)
+        ]
+    )
+    torch.testing.assert_close(refined["head.weight"], 2 * expected, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(refined["head.bias"], -(expected**2).sum(-1), rtol=1e-4, atol=1e-5)
+
+
+def test_zero_steps_is_the_algorithms_own_adaptation(tiny_cfg: Config, learner: Learner, novel) -> None:
+    tiny_cfg.finetune.steps = 0
+    fitted = fit(tiny_cfg, learner, novel.images, novel.labels)
+    expected = learner.algorithm.adapt(learner.params, to_float(novel.images), novel.labels, 10)
+    assert fitted.steps == 0 and fitted.curve == []
+    for k, v in expected.items():
+        torch.testing.assert_close(fitted.params[k], v.detach())
+
+
+def test_training_fits_the_labeled_pictures_and_is_reproducible(
+    tiny_cfg: Config, learner: Learner, novel
+) -> None:
+    tiny_cfg.finetune.holdout, tiny_cfg.finetune.adapt_steps = 0.0, 0
+    tiny_cfg.finetune.steps, tiny_cfg.finetune.lr = 40, 1e-2
+    x, y = to_float(novel.images), novel.labels
+
+    def loss(params) -> float:
+        stats = frozen_stats(learner, params, x, None)
+        return float(F.cross_entropy(learner.forward(params, x, stats), y))
+
+    before = fit(tiny_cfg, learner, novel.images, novel.labels, None)
+    assert before.steps == 40
+    tiny_cfg.finetune.steps = 0
+    untrained = fit(tiny_cfg, learner, novel.images, novel.labels, None)
+    assert loss(before.params) < 0.5 * loss(untrained.params)
+    tiny_cfg.finetune.steps = 40
+    again = fit(tiny_cfg, learner, novel.images, novel.labels, None)
+    for k in before.params:
+        assert torch.equal(before.params[k], again.params[k]), k  # seeded batches and transforms
+
+
+def test_head_only_leaves_the_body_as_adapted(tiny_cfg: Config, learner: Learner, novel) -> None:
+    tiny_cfg.finetune.params, tiny_cfg.finetune.steps, tiny_cfg.finetune.holdout = "head", 5, 0.0
+    fitted = fit(tiny_cfg, learner, novel.images, novel.labels)
+    tiny_cfg.finetune.steps = 0
+    start = fit(tiny_cfg, learner, novel.images, novel.labels)
+    changed = {k for k in start.params if not torch.equal(start.params[k], fitted.params[k])}
+    assert changed == {"head.weight", "head.bias"}
+
+
+def test_early_stopping_refits_for_the_step_of_the_lowest_held_out_loss(
+    tiny_cfg: Config, learner: Learner, novel
+) -> None:
+    tiny_cfg.finetune.steps, tiny_cfg.finetune.eval_every, tiny_cfg.finetune.holdout = 30, 5, 0.34
+    fitted = fit(tiny_cfg, learner, novel.images, novel.labels)
+    assert [c[0] for c in fitted.curve] == [0, 5, 10, 15, 20, 25, 30]
+    assert fitted.steps == min(fitted.curve, key=lambda c: (round(c[1], 6), c[0]))[0]
+    tiny_cfg.finetune.holdout, tiny_cfg.finetune.steps = 0.0, fitted.steps
+    plain = fit(tiny_cfg, learner, novel.images, novel.labels)  # the refit is a plain fit of that length
+    for k in plain.params:
+        assert torch.equal(plain.params[k], fitted.params[k]), k
+
+
+@pytest.mark.parametrize("method", ["entropy", "fixmatch", "softkmeans"])
+def test_unlabeled_methods_change_the_fit_and_need_pictures(
+    tiny_cfg: Config, learner: Learner, novel, method: str
+) -> None:
+    tiny_cfg.finetune.steps, tiny_cfg.finetune.holdout, tiny_cfg.finetune.threshold = 5, 0.0, 0.3
+    unlabeled = load_data(tiny_cfg.data).unlabeled.images
+    supervised, _ = finetune(tiny_cfg, learner, novel)
+    tiny_cfg.finetune.unlabeled = method
+    with pytest.raises(ConfigError, match="needs unlabeled pictures"):
+        finetune(tiny_cfg, learner, novel)
+    semi, _ = finetune(tiny_cfg, learner, novel, unlabeled)
+    assert not torch.allclose(semi.params["head.weight"], supervised.params["head.weight"])
+    # the statistics include the unlabeled pictures, then stay fixed
+    stats = frozen_stats(learner, semi.params, to_float(torch.cat([novel.images, unlabeled])), None)
+    torch.testing.assert_close(semi.stats[0][0], stats[0][0])
+
+
+def test_test_time_views_average_and_do_not_depend_on_the_batch(
+    tiny_cfg: Config, learner: Learner, novel
+) -> None:
+    tiny_cfg.finetune.steps, tiny_cfg.finetune.tta = 0, 4
+    model, _ = finetune(tiny_cfg, learner, novel)
+    spec = augment_spec(tiny_cfg)
+    images = novel.images
+    plain = predict_proba(learner, model, images)  # no spec: the picture alone
+    model.tta = 1
+    torch.testing.assert_close(predict_proba(learner, model, images, spec=spec), plain)
+    model.tta = 4
+    views = predict_proba(learner, model, images, spec=spec)
+    assert not torch.allclose(views, plain)
+    torch.testing.assert_close(views.sum(-1), torch.ones(len(images)))
+    chunked = predict_proba(learner, model, images, batch_size=5, spec=spec)
+    torch.testing.assert_close(chunked, views, rtol=1e-5, atol=1e-6)  # same views whatever the chunks
+    alone = predict_proba(learner, model, images[7:8], spec=spec)
+    assert not torch.allclose(alone, views[7:8])  # picture 7's views are those of position 0 here ...
+    shifted = predict_proba(learner, model, images[:8], spec=spec)
+    torch.testing.assert_close(shifted, views[:8], rtol=1e-5, atol=1e-6)  # ... and of 0..7 there
+
+
+def test_folds_partition_every_class_evenly() -> None:
+    labels = torch.tensor([0] * 15 + [1] * 15 + [2] * 7)
+    folds = stratified_folds(labels, 5, seed=0)
+    assert sorted(torch.cat(folds).tolist()) == list(range(37))
+    for c, n in [(0, 15), (1, 15), (2, 7)]:
+        per_fold = [int((labels[f] == c).sum()) for f in folds]
+        assert sum(per_fold) == n and max(per_fold) - min(per_fold) <= 1
+    assert max(len(f) for f in folds) - min(len(f) for f in folds) <= 1
+
+
+def test_wilson_interval_matches_its_formula() -> None:
+    low, high = wilson_interval(0, 10)
+    assert low == 0.0 and high == pytest.approx(0.2775, abs=1e-4)  # z²/(n+z²) at p = 0
+    low, high = wilson_interval(70, 75)
+    assert low == pytest.approx(0.8532, abs=1e-4) and high == pytest.approx(0.9712, abs=1e-4)  # by hand
+    assert wilson_interval(5, 10)[0] == pytest.approx(1 - wilson_interval(5, 10)[1])
+
+
+def test_cross_validation_predicts_every_picture_once_and_is_reproducible(
+    tiny_cfg: Config, learner: Learner, novel
+) -> None:
+    tiny_cfg.finetune.steps = 3
+    correct = cross_validate(tiny_cfg, learner, novel, None, 3)
+    assert correct.shape == (len(novel.labels),) and correct.dtype == np.bool_
+    assert np.array_equal(correct, cross_validate(tiny_cfg, learner, novel, None, 3))
