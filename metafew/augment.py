@@ -38,7 +38,8 @@ from dataclasses import dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from metafew.data import to_float
+from metafew.config import Config
+from metafew.data import DATASETS, to_float
 
 KINDS = ("shift_x", "shift_y", "angle", "zoom", "flip", "brightness", "contrast", "saturation")
 """The random parameters of one picture, in the order of the rows of the uniforms drawn."""
@@ -308,3 +309,11 @@ __all__ = [
     "view_generator",
     "view_seed",
 ]
+
+
+def augment_spec(cfg: Config) -> Augment:
+    """The transforms of `augment.*`; flips where augment.flip is on, or auto and the dataset
+    says mirrored pictures keep their class."""
+    a = cfg.augment
+    flip = a.flip == "on" or (a.flip == "auto" and DATASETS[cfg.data.dataset].flips_keep_labels)
+    return Augment(a.translate, a.rotate, a.scale, flip, a.brightness, a.contrast, a.saturation)

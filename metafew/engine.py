@@ -12,6 +12,7 @@ from pathlib import Path
 
 import torch
 
+from metafew.augment import Augment, augment, augment_spec, view_generator
 from metafew.checkpoints import MetaCheckpoint, restore_rng_states, rng_states, save
 from metafew.config import Config
 from metafew.config_load import dump_yaml, to_dict
@@ -25,7 +26,7 @@ from metafew.learner import Learner, build_learner, load_params
 from metafew.plots import plot_learning_curve
 from metafew.runs import append_metrics, read_metrics, truncate_metrics
 from metafew.system import resolve_device
-from metafew.tasks import EpisodeSampler
+from metafew.tasks import Episode, EpisodeSampler
 
 Progress = Callable[[int, int, dict[str, float]], None]
 """progress(iterations done, iterations in all, latest metrics)."""
@@ -113,6 +114,20 @@ def _check_finite(iteration: int, loss: float, grads: Params) -> None:
         )
 
 
+def augmented(episode: Episode, spec: Augment | None, seed: int = 0) -> Episode:
+    """`episode` with its support and query pictures augmented (None: unchanged), drawn from
+    view_generator(seed, episode.index) so that a task's transforms depend on the task only (exact
+    resume, any number of processes)."""
+    if spec is None:
+        return episode
+    generator = view_generator(seed, episode.index)
+    support_x, query_x = (
+        augment(episode.support_x, spec, generator),
+        augment(episode.query_x, spec, generator),
+    )
+    return Episode(support_x, episode.support_y, query_x, episode.query_y, episode.classes, episode.index)
+
+
 def _validate(
     cfg: Config,
     learner: Learner,
@@ -166,6 +181,7 @@ def train(
     if group.is_main:
         truncate_metrics(run, state.iteration)
     sampler, val_sampler = training_samplers(cfg, data)
+    spec = augment_spec(cfg) if cfg.train.augment else None
     validated = True
     if group.is_main and resume is not None and val_sampler is not None:
         validated = _redo_cut_validation(cfg, run, learner, opt, state, val_sampler, stop_requested)
@@ -192,7 +208,7 @@ def train(
         while state.iteration < a.iterations:
             it = state.iteration
             share = group.share(it * a.meta_batch_size, a.meta_batch_size)
-            episodes = [sampler.episode(i).to(learner.device) for i in share]
+            episodes = [augmented(sampler.episode(i), spec, cfg.train.seed).to(learner.device) for i in share]
             step = learner.algorithm.meta_gradients(learner.params, episodes, it)
             grads, loss, accuracy = group.mean_over_tasks(step.grads, step.losses, step.accuracies)
             _check_finite(it, loss, grads)

@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from metafew.algorithms.protonet import prototype_head, prototypes, squared_distances
-from metafew.augment import Augment, augment, tta_views, view_generator
+from metafew.augment import Augment, augment, augment_spec, tta_views, view_generator
 from metafew.checkpoints import FinetunedCheckpoint
 from metafew.config import Config, FinetuneConfig
-from metafew.data import DATASETS, LabeledImages, to_float
+from metafew.data import LabeledImages, to_float
 from metafew.errors import ConfigError, DataError, Interrupted
 from metafew.functional import Params
 from metafew.learner import Learner, norm_stats
@@ -43,12 +43,9 @@ from metafew.stopping import abandonable
 StopRequested = Callable[[], bool]
 
 
-def augment_spec(cfg: Config) -> Augment:
-    """The transforms of `augment.*`; flips where augment.flip is on, or auto and the dataset
-    says mirrored pictures keep their class."""
-    a = cfg.augment
-    flip = a.flip == "on" or (a.flip == "auto" and DATASETS[cfg.data.dataset].flips_keep_labels)
-    return Augment(a.translate, a.rotate, a.scale, flip, a.brightness, a.contrast, a.saturation)
+def as_float(images: torch.Tensor) -> torch.Tensor:
+    """Pictures as float32 in [0, 1]: uint8 [..., C, H, W] scaled (to_float), floats kept."""
+    return to_float(images) if images.dtype == torch.uint8 else images.float()
 
 
 def stratified_holdout(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,9 +194,10 @@ def fit(
     *,
     stop_requested: StopRequested = lambda: False,
 ) -> Fitted:
-    """The fine-tuning recipe of the module docstring on uint8 images [n, C, H, W] with labels [n]
-    and optional uint8 unlabeled pictures [m, C, H, W]. `stop_requested()` is checked before
-    every step, and a StopSignal's signal stops at once (metafew.stopping): Interrupted."""
+    """The fine-tuning recipe of the module docstring on images [n, C, H, W] with labels [n] and
+    optional unlabeled pictures [m, C, H, W] (uint8, or floats in [0, 1]). `stop_requested()` is
+    checked before every step, and a StopSignal's signal stops at once (metafew.stopping):
+    Interrupted."""
     with abandonable(stop_requested):  # nothing of a fit is kept if it is cut
         return _fit(cfg, learner, images, labels, unlabeled, stop_requested)
 
@@ -215,8 +213,8 @@ def _fit(
     ft = cfg.finetune
     spec = augment_spec(cfg)
     device = learner.device
-    x, y = to_float(images).to(device), labels.to(device)
-    u = None if unlabeled is None or ft.unlabeled == "none" else to_float(unlabeled).to(device)
+    x, y = as_float(images).to(device), labels.to(device)
+    u = None if unlabeled is None or ft.unlabeled == "none" else as_float(unlabeled).to(device)
     steps, curve = ft.steps, []
     if ft.holdout > 0 and ft.steps > 0:
         kept, held = stratified_holdout(labels, ft.holdout, ft.seed)
@@ -303,8 +301,8 @@ def finetune(
         )
     fitted = fit(cfg, learner, labeled.images, labeled.labels, unlabeled, stop_requested=stop_requested)
     used = None if cfg.finetune.unlabeled == "none" else unlabeled
-    x = to_float(labeled.images).to(learner.device)
-    u = None if used is None else to_float(used).to(learner.device)
+    x = as_float(labeled.images).to(learner.device)
+    u = None if used is None else as_float(used).to(learner.device)
     stats = frozen_stats(learner, fitted.params, x, u)
     return Finetuned(fitted.params, stats, list(labeled.classes), cfg.finetune.tta), fitted
 
@@ -319,11 +317,12 @@ def predict_proba(
     seed: int = 0,
     stop_requested: StopRequested = lambda: False,
 ) -> torch.Tensor:
-    """Class probabilities [n, ways] for uint8 images [n, C, H, W]: the mean softmax over
-    model.tta views (view 0 the picture itself; the others `tta_views` of `spec`, drawn per
-    picture from (seed, view, index), so chunking does not change them). BatchNorm uses the
-    frozen statistics of `model`, so a picture's result does not depend on the rest of the batch.
-    `stop_requested()` is checked before each batch: Interrupted naming how many were done."""
+    """Class probabilities [n, ways] for images [n, C, H, W] (uint8, or floats in [0, 1]): the
+    mean softmax over model.tta views (view 0 the picture itself; the others `tta_views` of
+    `spec`, drawn per picture from (seed, view, index), so chunking does not change them).
+    BatchNorm uses the frozen statistics of `model`, so a picture's result does not depend on the
+    rest of the batch. `stop_requested()` is checked before each batch, and a StopSignal's signal
+    stops at once: Interrupted naming how many pictures were done."""
     views = model.tta if spec is not None else 1
     out = []
     with torch.no_grad():
@@ -334,7 +333,7 @@ def predict_proba(
             try:
                 with abandonable(stop_requested):
                     x = (
-                        to_float(chunk)[None]
+                        as_float(chunk)[None]
                         if views == 1 or spec is None
                         else tta_views(chunk, spec, views, seed, offset=start)
                     ).to(learner.device)

@@ -1,5 +1,5 @@
 """How well will M_finetune label *these* classes? k-fold cross-validation over the labeled novel
-pictures, the only labels a user has for them.
+pictures, the only labels a user has for them; and test episodes scored with the same recipe.
 
 Every fold holds out about 1/k of each class, fine-tunes on the rest (the full recipe, its own
 early stopping included), and labels the held-out pictures; every labeled picture is predicted
@@ -21,10 +21,14 @@ from collections.abc import Callable
 import numpy as np
 import torch
 
+from metafew.augment import Augment, augment_spec
 from metafew.config import Config
-from metafew.data import LabeledImages, to_float
-from metafew.finetuning import Finetuned, augment_spec, check_ways, fit, frozen_stats, predict_proba
+from metafew.data import LabeledImages
+from metafew.errors import Interrupted
+from metafew.finetuning import Finetuned, as_float, check_ways, fit, frozen_stats, predict_proba
+from metafew.functional import Params
 from metafew.learner import Learner
+from metafew.tasks import EpisodeSampler
 
 StopRequested = Callable[[], bool]
 
@@ -74,9 +78,55 @@ def cross_validate(
         if cfg.finetune.unlabeled != "none":
             pool = x[held] if unlabeled is None else torch.cat([unlabeled, x[held]])
         fitted = fit(cfg, learner, x[kept], y[kept], pool, stop_requested=stop_requested)
-        used = None if pool is None else to_float(pool).to(learner.device)
-        stats = frozen_stats(learner, fitted.params, to_float(x[kept]).to(learner.device), used)
-        model = Finetuned(fitted.params, stats, list(labeled.classes), cfg.finetune.tta)
-        probs = predict_proba(learner, model, x[held], spec=spec, seed=cfg.finetune.seed)
+        probs = _predict_fitted(cfg, learner, fitted.params, x[kept], pool, x[held], spec, cfg.finetune.seed)
         correct[held.numpy()] = (probs.argmax(-1) == y[held]).numpy()
     return correct
+
+
+def _predict_fitted(
+    cfg: Config,
+    learner: Learner,
+    params: Params,
+    trained_on: torch.Tensor,
+    pool: torch.Tensor | None,
+    pictures: torch.Tensor,
+    spec: Augment,
+    seed: int,
+) -> torch.Tensor:
+    """Probabilities [n, ways] for `pictures` from fitted `params`, with the BatchNorm statistics
+    of what they were trained on (labeled `trained_on`, plus the unlabeled `pool`) frozen."""
+    device = learner.device
+    used = None if pool is None else as_float(pool).to(device)
+    stats = frozen_stats(learner, params, as_float(trained_on).to(device), used)
+    model = Finetuned(params, stats, [], cfg.finetune.tta)
+    return predict_proba(learner, model, pictures, spec=spec, seed=seed)
+
+
+def evaluate_recipe(
+    cfg: Config,
+    learner: Learner,
+    sampler: EpisodeSampler,
+    episodes: int,
+    *,
+    stop_requested: StopRequested = lambda: False,
+) -> np.ndarray:
+    """Query accuracy [episodes] float64 of test episodes 0..episodes-1, each fine-tuned with the
+    finetune.* recipe on its support set. Where finetune.unlabeled uses them, the episode's query
+    pictures are its unlabeled ones (transductive; the predictions still use frozen statistics).
+    Test-time views are seeded by (finetune.seed + episode). Interrupted names the episodes done."""
+    spec = augment_spec(cfg)
+    out = np.zeros(episodes)
+    for i in range(episodes):
+        if stop_requested():
+            raise Interrupted(f"stopped after {i} of {episodes} episodes")
+        ep = sampler.episode(i)
+        pool = ep.query_x if cfg.finetune.unlabeled != "none" else None
+        try:
+            fitted = fit(cfg, learner, ep.support_x, ep.support_y, pool, stop_requested=stop_requested)
+        except Interrupted:
+            raise Interrupted(f"stopped after {i} of {episodes} episodes") from None
+        probs = _predict_fitted(
+            cfg, learner, fitted.params, ep.support_x, pool, ep.query_x, spec, cfg.finetune.seed + i
+        )
+        out[i] = float((probs.argmax(-1) == ep.query_y).double().mean())
+    return out

@@ -11,12 +11,13 @@ import pytest
 import torch
 
 from metafew import engine
+from metafew.augment import augment_spec
 from metafew.checkpoints import FORMAT as CHECKPOINT_FORMAT
 from metafew.checkpoints import load_checkpoint, load_meta, restore_rng_states, rng_states, save_checkpoint
 from metafew.config import Config
 from metafew.config_load import to_dict
 from metafew.data import load_data, to_float
-from metafew.errors import ConfigError, DataError, DivergedError, RunError
+from metafew.errors import ConfigError, DataError, DivergedError, Interrupted, RunError
 from metafew.evaluation import confidence_interval, evaluate, queries_per_class
 from metafew.finetuning import Finetuned, finetune, predict_proba
 from metafew.learner import Learner, build_learner, norm_stats
@@ -205,3 +206,38 @@ def test_resolve_device() -> None:
 def test_allocator_tuning_can_be_switched_off(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("METAFEW_MALLOC", "default")
     assert tune_allocator() is False
+
+
+def test_augmented_episodes_depend_on_the_seed_and_the_task_only(tiny_cfg: Config) -> None:
+    sampler, _ = engine.training_samplers(tiny_cfg, load_data(tiny_cfg.data))
+    spec = augment_spec(tiny_cfg)
+    episode = sampler.episode(3)
+    assert engine.augmented(episode, None) is episode
+    once, again = engine.augmented(episode, spec, 7), engine.augmented(sampler.episode(3), spec, 7)
+    assert torch.equal(once.support_x, again.support_x) and torch.equal(once.query_x, again.query_x)
+    assert not torch.equal(once.support_x, episode.support_x)
+    assert torch.equal(once.support_y, episode.support_y) and torch.equal(once.query_y, episode.query_y)
+    other_seed = engine.augmented(episode, spec, 8)
+    assert not torch.equal(once.support_x, other_seed.support_x)
+
+
+def test_training_with_augmentation_learns_something_else_and_resumes_exactly(tiny_cfg: Config) -> None:
+    data = load_data(tiny_cfg.data)
+    plain_run = create_run(tiny_cfg, "cpu")
+    engine.train(tiny_cfg, data, plain_run)
+    tiny_cfg.train.augment = True
+    whole_run = create_run(tiny_cfg, "cpu")
+    engine.train(tiny_cfg, data, whole_run)
+    whole = load_checkpoint(whole_run / "checkpoints" / "last.pt")["params"]
+    plain = load_checkpoint(plain_run / "checkpoints" / "last.pt")["params"]
+    assert any(not torch.equal(whole[k], plain[k]) for k in whole)
+    cut_run = create_run(tiny_cfg, "cpu")
+    steps = iter(range(100))
+    with pytest.raises(Interrupted):  # stopped after iteration 2, checkpointed
+        engine.train(tiny_cfg, data, cut_run, stop_requested=lambda: next(steps) >= 2)
+    saved = load_meta(cut_run / "checkpoints" / "last.pt")
+    assert saved.iteration < 4
+    engine.train(tiny_cfg, data, cut_run, resume=saved)
+    resumed = load_checkpoint(cut_run / "checkpoints" / "last.pt")["params"]
+    for k in whole:
+        assert torch.equal(resumed[k], whole[k]), k

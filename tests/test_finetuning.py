@@ -10,11 +10,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from metafew.augment import augment_spec
 from metafew.config import Config
 from metafew.data import load_data, to_float
 from metafew.errors import ConfigError
 from metafew.finetuning import (
-    augment_spec,
     entropy,
     finetune,
     fit,

@@ -21,7 +21,11 @@ UnlabeledOption = Annotated[
     typer.Option(help="unlabeled pictures for finetune.unlabeled (default: the dataset's own)"),
 ]
 EvalOverrides = Annotated[
-    list[str] | None, typer.Argument(help="eval.* and runtime.* overrides, e.g. eval.episodes=100")
+    list[str] | None,
+    typer.Argument(
+        help="eval.*, finetune.*, augment.* and runtime.* overrides, e.g. eval.episodes=100 "
+        "eval.finetune=true"
+    ),
 ]
 
 
@@ -147,8 +151,11 @@ def evaluate(
     with user_errors(), DownloadBar() as download:
         result = stages.evaluate_run(run, checkpoint, overrides or [], download, stop_requested=stop)
     s = result.summary
+    adapted = f"{s['norm']} BatchNorm"
+    if s["adaptation"] != "algorithm":
+        adapted = "fine-tuned with the finetune.* recipe" + (", transductive" if s["transductive"] else "")
     say(
         f"accuracy {100 * s['accuracy']:.2f} ± {100 * s['ci95']:.2f}% (95% CI; {s['episodes']} episodes, "
-        f"{s['ways']}-way {s['shots']}-shot, {s['queries']} queries/class, {s['norm']} BatchNorm) "
+        f"{s['ways']}-way {s['shots']}-shot, {s['queries']} queries/class, {adapted}) "
         f"-> {result.path}"
     )

@@ -294,6 +294,11 @@ class EvalConfig:
         choices=("transductive", "support"),
     )
     checkpoint: str = param("best", "which checkpoint to evaluate", choices=("best", "last"))
+    finetune: bool = param(
+        False,
+        "adapt each episode with the finetune.* recipe instead of the algorithm's own adaptation (its "
+        "queries are the unlabeled pictures where finetune.unlabeled uses them: transductive)",
+    )
     chunk_size: int = param(
         0, "test episodes adapted at once (0: auto, 4 to 16 within runtime.max_memory; 4 under vmap)", ge=0
     )

@@ -4,15 +4,17 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from metafew.augment import augment_spec
 from metafew.data.download import Progress as DownloadProgress
 from metafew.evaluation import confidence_interval, evaluate, queries_per_class
 from metafew.files import ensure_writable, write_json
 from metafew.launch import load_run_data
 from metafew.runs import new_file, resolve_run
+from metafew.selection import evaluate_recipe
 from metafew.stages.common import (
     StopRequested,
     check_stop,
@@ -45,7 +47,7 @@ def evaluate_run(
     written."""
     run = resolve_run(run)
     ensure_writable(run / "eval")
-    cfg = run_config(run, overrides, ("eval", "runtime"))
+    cfg = run_config(run, overrides, ("eval", "finetune", "augment", "runtime"))
     which = checkpoint_name(checkpoint or cfg.eval.checkpoint)
     novel = load_run_data(cfg, run, progress).novel
     check_stop(stop_requested, "eval", "after loading the data")
@@ -55,15 +57,18 @@ def evaluate_run(
     check_stop(stop_requested, "eval", "after loading the checkpoint")
     started = time.perf_counter()
     with nothing_written("eval"):
-        accs = evaluate(
-            learner,
-            sampler,
-            cfg.eval.episodes,
-            cfg.algorithm.eval_inner_steps,
-            None,
-            cfg.eval.norm,
-            stop_requested=stop_requested,
-        )
+        if cfg.eval.finetune:
+            accs = evaluate_recipe(cfg, learner, sampler, cfg.eval.episodes, stop_requested=stop_requested)
+        else:
+            accs = evaluate(
+                learner,
+                sampler,
+                cfg.eval.episodes,
+                cfg.algorithm.eval_inner_steps,
+                None,
+                cfg.eval.norm,
+                stop_requested=stop_requested,
+            )
     mean, ci = confidence_interval(accs)
     summary = {
         "accuracy": mean,
@@ -74,6 +79,13 @@ def evaluate_run(
         "queries": queries,
         "inner_steps": cfg.algorithm.eval_inner_steps,
         "norm": cfg.eval.norm,
+        "adaptation": "finetune recipe" if cfg.eval.finetune else "algorithm",
+        "transductive": cfg.eval.finetune and cfg.finetune.unlabeled != "none",
+        **(
+            {"finetune": asdict(cfg.finetune), "augment": asdict(augment_spec(cfg))}
+            if cfg.eval.finetune
+            else {}
+        ),
         "checkpoint": which,
         "meta_iteration": saved.iteration,
         "seed": cfg.eval.seed,

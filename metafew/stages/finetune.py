@@ -7,13 +7,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from metafew.augment import augment_spec
 from metafew.checkpoints import MetaCheckpoint, save
 from metafew.config import Config
 from metafew.config_load import to_dict
 from metafew.data import LabeledImages, UnlabeledImages, load_class_folders
 from metafew.data.download import Progress as DownloadProgress
 from metafew.files import ensure_writable, write_json
-from metafew.finetuning import Fitted, augment_spec, finetune, predict_proba
+from metafew.finetuning import Fitted, finetune, predict_proba
 from metafew.launch import load_run_data
 from metafew.learner import Learner
 from metafew.runs import new_folder, resolve_run

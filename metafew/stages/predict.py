@@ -11,13 +11,14 @@ from typing import Any
 
 import torch
 
+from metafew.augment import augment_spec
 from metafew.checkpoints import FinetunedCheckpoint, load_finetuned
 from metafew.config import Config
 from metafew.config_load import from_dict, merge, parse_overrides, to_dict, upgrade_saved
 from metafew.data.download import Progress as DownloadProgress
 from metafew.errors import ConfigError, DataError
 from metafew.files import ensure_writable, write_json
-from metafew.finetuning import Finetuned, augment_spec, predict_proba
+from metafew.finetuning import Finetuned, predict_proba
 from metafew.report import (
     class_counts,
     confusion_matrix,

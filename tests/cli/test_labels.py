@@ -163,3 +163,18 @@ def test_predict_with_test_time_views_changes_the_probabilities(run: Path) -> No
     assert any(not np.allclose(views[n], plain[n]) for n in plain)
     assert json.loads((out / "summary.json").read_text())["tta"] == [6]
     assert_user_error(invoke("predict", model, "--set", "finetune.lr=1"), 2, "finetune.tta")
+
+
+def test_eval_with_the_recipe_fine_tunes_every_episode(run: Path) -> None:
+    before = children(run / "eval")
+    result = ok("eval", run, "eval.episodes=3", "eval.finetune=true", "finetune.steps=3")
+    summary = json.loads(new_child(run / "eval", before).read_text())
+    assert summary["adaptation"] == "finetune recipe" and summary["transductive"] is False
+    assert summary["finetune"]["steps"] == 3 and len(summary["per_episode"]) == 3
+    assert "fine-tuned with the finetune.* recipe)" in result.stdout
+    before = children(run / "eval")
+    result = ok(
+        "eval", run, "eval.episodes=3", "eval.finetune=true", "finetune.steps=3", "finetune.unlabeled=entropy"
+    )
+    summary = json.loads(new_child(run / "eval", before).read_text())
+    assert summary["transductive"] is True and "transductive" in result.stdout

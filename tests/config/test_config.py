@@ -79,7 +79,13 @@ def test_overrides_apply_on_top_of_the_file(tmp_path: Path) -> None:
 
 def test_parse_overrides_builds_a_nested_typed_dict() -> None:
     tree = parse_overrides(
-        ["task.shots=1", "train.outer_lr=1e-3", "data.glyphs.seed=3", "train.name=x", "finetune.adapt_lr=null"]
+        [
+            "task.shots=1",
+            "train.outer_lr=1e-3",
+            "data.glyphs.seed=3",
+            "train.name=x",
+            "finetune.adapt_lr=null",
+        ]
     )
     assert tree == {
         "task": {"shots": 1},
