@@ -89,17 +89,19 @@ class Augment:
                 )
 
     def scaled(self, factor: float) -> Augment:
-        """Every magnitude times `factor` (flip unchanged), e.g. the "strong" FixMatch view."""
+        """Every magnitude times `factor` (flip unchanged), e.g. the "strong" FixMatch view; the
+        bounded ones capped where more would be meaningless (scale 0.9, contrast and saturation 1,
+        translate 1, rotate 180)."""
         if not (math.isfinite(factor) and factor >= 0):
             raise ValueError(f"Augment.scaled: factor = {factor!r} must be a finite number >= 0")
         return replace(
             self,
-            translate=self.translate * factor,
-            rotate=self.rotate * factor,
-            scale=self.scale * factor,
+            translate=min(1.0, self.translate * factor),
+            rotate=min(180.0, self.rotate * factor),
+            scale=min(0.9, self.scale * factor),
             brightness=self.brightness * factor,
-            contrast=self.contrast * factor,
-            saturation=self.saturation * factor,
+            contrast=min(1.0, self.contrast * factor),
+            saturation=min(1.0, self.saturation * factor),
         )
 
     @property

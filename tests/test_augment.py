@@ -66,6 +66,14 @@ def test_identity_and_scaled() -> None:
         translate=0.2, rotate=20.0, scale=0.2, flip=True, brightness=0.2, contrast=0.2, saturation=0.2
     )
     assert Augment().scaled(0.0).identity
+    capped = Augment(scale=0.6, contrast=0.8, translate=0.6, rotate=120, saturation=0.7).scaled(2.0)
+    assert (capped.scale, capped.contrast, capped.translate, capped.rotate, capped.saturation) == (
+        0.9,
+        1.0,
+        1.0,
+        180.0,
+        1.0,
+    )  # a valid spec whatever the factor
     assert not Augment(flip=True).scaled(0.0).identity  # flip is not a magnitude
 
 
