@@ -86,14 +86,18 @@ def select(
     print each candidate's estimated accuracy (95% interval), fine-tune the best on all of them."""
     stop = stop_on_signals()
 
+    shown: list[stages.Estimate] = []
+
     def show(e: stages.Estimate) -> None:
+        if not shown:
+            say(f"cross-validating on the labeled pictures ({folds} folds): accuracy [95% interval]")
+        shown.append(e)
         low, high = e.interval
         say(
             f"  {100 * e.accuracy:5.1f}%  [{100 * low:.1f}, {100 * high:.1f}]  {e.run.name}  "
             f"{e.overrides or '(defaults)'}  ({e.seconds:.0f} s)"
         )
 
-    say(f"cross-validating on the labeled pictures ({folds} folds): accuracy [95% interval]")
     with user_errors(), DownloadBar() as download:
         _, best, result = stages.select_run(
             runs,

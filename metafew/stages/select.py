@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from metafew.data.download import Progress as DownloadProgress
-from metafew.errors import ConfigError
+from metafew.errors import ConfigError, DataError
 from metafew.files import ensure_writable
 from metafew.runs import resolve_run
 from metafew.selection import cross_validate, wilson_interval
@@ -114,11 +114,18 @@ def select_run(
         )
     try:
         pictures = unlabeled_pictures(base, unlabeled, runs[0], progress)[0]
-    except ConfigError:
+    except (ConfigError, DataError):
         if unlabeled is not None:
             raise
-        pictures = None  # the dataset has no unlabeled pictures: only the supervised candidates
+        pictures = None  # the dataset has none (or no readable ones): the supervised candidates only
     chosen = candidate_list(candidates, pictures is not None)
+    for candidate in chosen:
+        cfg = run_config(runs[0], [*overrides, *shlex.split(candidate)], SECTIONS)
+        if cfg.finetune.unlabeled != "none" and pictures is None:
+            raise ConfigError(
+                f"--candidate {candidate!r} uses unlabeled pictures (finetune.unlabeled = "
+                f"{cfg.finetune.unlabeled}) but there are none: give --unlabeled DIR"
+            )
     check_stop(stop_requested, "select", "after loading the pictures")
     estimates = []
     with nothing_written("select"):

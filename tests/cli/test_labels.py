@@ -178,3 +178,14 @@ def test_eval_with_the_recipe_fine_tunes_every_episode(run: Path) -> None:
     )
     summary = json.loads(new_child(run / "eval", before).read_text())
     assert summary["transductive"] is True and "transductive" in result.stdout
+
+
+def test_select_refuses_an_unlabeled_recipe_without_unlabeled_pictures(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    make_class_folder(root / "meta_train", {f"C{i}": 8 for i in range(5)}, size=16)
+    make_class_folder(root / "novel" / "labeled", {f"P{i}": 6 for i in range(3)}, size=16)
+    ok("train", *tiny(tmp_path / "runs", "data.dataset=folder", f"data.root={root}", "train.val_every=0"))
+    run = only_child(tmp_path / "runs")
+    result = invoke("select", run, "--candidate", "finetune.unlabeled=fixmatch")
+    assert_user_error(result, 2, "fixmatch", "--unlabeled")
+    assert not (run / "finetune").exists() or not any((run / "finetune").iterdir())
