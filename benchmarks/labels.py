@@ -6,7 +6,7 @@ scored against their answers (reporting only: nothing here chooses a default).
 
 RUN is a meta-trained run folder of a dataset with unlabeled pictures and answers (a folder
 dataset with novel/answers.csv, or the glyphs); the ensemble row averages the probabilities of
-the `+ TTA` models of every RUN (or of three fine-tuning seeds when one RUN is given).
+the --ensemble recipe's models of every RUN (or of three fine-tuning seeds when one RUN is given).
 """
 
 from __future__ import annotations
@@ -29,9 +29,10 @@ METHODS = {
     "algorithm's adaptation only": "finetune.steps=0",
     "supervised fine-tune": "finetune.augment=false",
     "+ augmentation": "",
-    "+ entropy (transductive)": "finetune.unlabeled=entropy",
-    "+ pseudo-labels (FixMatch)": "finetune.unlabeled=fixmatch",
-    "+ TTA (8 views)": "finetune.unlabeled=fixmatch finetune.tta=8",
+    "+ entropy (transductive), λ = 1": "finetune.unlabeled=entropy finetune.unlabeled_weight=1",
+    "+ entropy (transductive), λ = 0.1": "finetune.unlabeled=entropy finetune.unlabeled_weight=0.1",
+    "+ pseudo-labels (FixMatch), λ = 1": "finetune.unlabeled=fixmatch finetune.unlabeled_weight=1",
+    "+ TTA (8 views)": "finetune.tta=8",
 }
 
 
@@ -53,6 +54,11 @@ def main() -> None:
     parser.add_argument("--folds", type=int, default=5, help="k of the k-fold estimate (0: skip it)")
     parser.add_argument("--methods", nargs="*", default=list(METHODS), help="rows to run (names of METHODS)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], help="added to every method")
+    parser.add_argument(
+        "--ensemble",
+        default="finetune.unlabeled=entropy finetune.unlabeled_weight=0.1",
+        help="the recipe of the ensemble's members",
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     torch.set_num_threads(1)

@@ -272,7 +272,9 @@ class FinetuneConfig:
         "them, Ren et al. 2018; linear head), none",
         choices=("none", "entropy", "fixmatch", "softkmeans"),
     )
-    unlabeled_weight: float = param(1.0, "λ, weight of the unlabeled-picture loss", ge=0)
+    unlabeled_weight: float | None = param(
+        None, "λ, weight of the unlabeled-picture loss (null: 0.1 for entropy, 1 for fixmatch)", ge=0
+    )
     threshold: float = param(0.9, "τ, FixMatch keeps pseudo-labels with confidence ≥ τ", gt=0, le=1)
     strong: float = param(2.0, "FixMatch's strong view: augment.* magnitudes × this", gt=0)
     tta: int = param(1, "views averaged at predict time (test-time augmentation; 1: none)", ge=1, le=64)

@@ -14,7 +14,7 @@ from metafew.config_load import to_dict
 from metafew.data import LabeledImages, UnlabeledImages, load_class_folders
 from metafew.data.download import Progress as DownloadProgress
 from metafew.files import ensure_writable, write_json
-from metafew.finetuning import Fitted, finetune, predict_proba
+from metafew.finetuning import Fitted, finetune, predict_proba, unlabeled_weight
 from metafew.launch import load_run_data
 from metafew.learner import Learner
 from metafew.runs import new_folder, resolve_run
@@ -56,7 +56,7 @@ def recipe_record(cfg: Config, fitted: Fitted) -> dict[str, Any]:
     """The values the fine-tuning really used: finetune.* and augment.* (with the resolved flip),
     the step count early stopping chose and the held-out curve that chose it."""
     return {
-        "finetune": asdict(cfg.finetune),
+        "finetune": {**asdict(cfg.finetune), "unlabeled_weight": unlabeled_weight(cfg.finetune)},
         "augment": asdict(augment_spec(cfg)),
         "adapt_steps": cfg.algorithm.eval_inner_steps
         if cfg.finetune.adapt_steps is None

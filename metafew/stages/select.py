@@ -32,12 +32,12 @@ DEFAULT_CANDIDATES = (
     "finetune.steps=0",
     "finetune.augment=false",
     "",
+    "finetune.tta=8",
     "finetune.unlabeled=entropy",
     "finetune.unlabeled=fixmatch",
-    "finetune.unlabeled=fixmatch finetune.tta=8",
 )
 """Recipes compared when none are given: the algorithm's own adaptation only, supervised
-fine-tuning, + augmentation (the defaults), + entropy, + FixMatch, + test-time views. Those that
+fine-tuning, + augmentation (the defaults), + test-time views, + entropy, + FixMatch. Those that
 need unlabeled pictures are dropped when there are none."""
 
 
