@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument(
         "--ensemble",
         default="finetune.unlabeled=entropy finetune.unlabeled_weight=0.1",
-        help="the recipe of the ensemble's members",
+        help="the recipe of the ensemble's members ('': no ensemble row)",
     )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -95,20 +95,14 @@ def main() -> None:
             }
         )
         print(f"| {name} | {_cell(estimate)} | {_cell((right, len(truth)))} | {seconds:.0f} |", flush=True)
-    members = [
-        probabilities(r, " ".join([*args.overrides, METHODS["+ TTA (8 views)"]]), novel, pictures)[0]
-        for r in args.runs
-    ]
+    if not args.ensemble:
+        if args.out:
+            args.out.write_text(json.dumps(rows, indent=2) + "\n")
+        return
+    recipe = " ".join([*args.overrides, args.ensemble])
+    members = [probabilities(r, recipe, novel, pictures)[0] for r in args.runs]
     if len(args.runs) == 1:
-        members = [
-            probabilities(
-                run,
-                " ".join([*args.overrides, METHODS["+ TTA (8 views)"], f"finetune.seed={s}"]),
-                novel,
-                pictures,
-            )[0]
-            for s in (1, 2, 3)
-        ]
+        members = [probabilities(run, f"{recipe} finetune.seed={s}", novel, pictures)[0] for s in (1, 2, 3)]
     mean = torch.stack(members).mean(0)
     right = int((mean.argmax(-1) == truth).sum())
     print(f"| ensemble of {len(members)} | | {_cell((right, len(truth)))} | |")
