@@ -99,7 +99,7 @@ def select(
         )
 
     with user_errors(), DownloadBar() as download:
-        _, best, result = stages.select_run(
+        _, best, confirmed, result = stages.select_run(
             runs,
             labeled,
             checkpoint,
@@ -111,10 +111,13 @@ def select(
             report=show,
             stop_requested=stop,
         )
-    low, high = best.interval
+    low, high = confirmed.interval
+    again = ""
+    if confirmed is not best:
+        again = f" (on fresh folds; {100 * best.accuracy:.1f}% on the folds that chose it)"
     say(
         f"chosen: {best.overrides or '(defaults)'} on {best.run.name}: estimated accuracy on new pictures of "
-        f"these classes {100 * best.accuracy:.1f}% [{100 * low:.1f}, {100 * high:.1f}]"
+        f"these classes {100 * confirmed.accuracy:.1f}% [{100 * low:.1f}, {100 * high:.1f}]{again}"
     )
     _report_finetune(result)
 

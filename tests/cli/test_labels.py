@@ -87,6 +87,9 @@ def test_select_reports_every_candidate_and_fine_tunes_the_best(run: Path) -> No
         assert f"{100 * c['accuracy']:5.1f}%" in result.stdout
     best = max(selection["candidates"], key=lambda c: c["accuracy"])  # max keeps the first of equals
     assert selection["chosen"] == best
+    again = selection["estimate"]  # the winner once more, on fresh folds
+    assert again["overrides"] == best["overrides"] and again["pictures"] == 18
+    assert f"these classes {100 * again['accuracy']:.1f}%" in result.stdout
     assert info["finetune"]["steps"] == (
         0 if best["overrides"] == "finetune.steps=0" else info["finetune"]["steps"]
     )
