@@ -39,8 +39,7 @@ def finetune(
     checkpoint: Annotated[str, typer.Option(help="best or last")] = "best",
     overrides: FinetuneOverrides = None,
 ) -> None:
-    """Fine-tune M_meta on the labeled novel pictures (finetune.* recipe); writes M_finetune under
-    <run>/finetune/."""
+    """Fine-tune M_meta on the labeled novel pictures (finetune.* recipe) into <run>/finetune/<id>."""
     stop = stop_on_signals()  # SIGINT/SIGTERM/SIGUSR1: exit 130 at the next check, nothing written
     with user_errors(), DownloadBar() as download:
         result = stages.finetune_run(
@@ -82,8 +81,9 @@ def select(
         list[str] | None, typer.Option("--set", help="overrides for every candidate (repeat)")
     ] = None,
 ) -> None:
-    """Choose the fine-tuning recipe (and run) by k-fold cross-validation on the labeled pictures,
-    print each candidate's estimated accuracy (95% interval), fine-tune the best on all of them."""
+    """Choose the fine-tuning recipe by k-fold cross-validation, say how accurate it will be, fine-tune it.
+
+    The winner is estimated again on fresh folds, then fine-tuned into <run>/finetune/<id>."""
     stop = stop_on_signals()
 
     shown: list[stages.Estimate] = []
@@ -132,9 +132,9 @@ def predict(
         list[str] | None, typer.Option("--set", help="finetune.tta=N (test-time views) or runtime.* (repeat)")
     ] = None,
 ) -> None:
-    """Label unlabeled pictures with M_finetune (or the mean of an ensemble); writes predictions.csv
-    (label, confidence, one probability per class) and summary.json; with known answers also the
-    per-class accuracy and a confusion matrix (CSV and PNG)."""
+    """Label unlabeled pictures with M_finetune (or an ensemble's mean): predictions.csv, summary.json.
+
+    With known answers: per-class accuracy in summary.json, confusion.csv and confusion.png."""
     stop = stop_on_signals()
     with user_errors(), DownloadBar() as download:
         result = stages.predict_run(
