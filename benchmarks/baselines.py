@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import grad, vmap
 
+from metafew.allocator import tune_allocator
 from metafew.checkpoints import load_checkpoint
 from metafew.config import Config
 from metafew.data import load_data, to_float
@@ -34,7 +35,6 @@ from metafew.functional import Params
 from metafew.learner import build_learner, load_params, norm_stats
 from metafew.models import build_model
 from metafew.runs import load_run_config
-from metafew.system import tune_allocator
 from metafew.tasks import EpisodeSampler, stack_episodes
 
 

@@ -30,7 +30,8 @@ CHILD = r"""
 import json, resource, sys, time, torch
 from metafew.config import Config
 from metafew.data import load_data
-from metafew.engine import build_learner, tune_allocator
+from metafew.allocator import tune_allocator
+from metafew.learner import build_learner
 from metafew.tasks import EpisodeSampler
 batching, malloc = sys.argv[1], sys.argv[5]
 chunk, queries, steps = (int(a) for a in sys.argv[2:5])

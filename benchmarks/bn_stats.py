@@ -14,8 +14,8 @@ from collections.abc import Callable
 
 import torch
 
+from metafew.allocator import tune_allocator
 from metafew.models.fused import _TaskStats
-from metafew.system import tune_allocator
 
 SHAPES = {
     "1 query, 32 tasks, layer 1": (5, 32, 64, 14, 14),

@@ -17,7 +17,9 @@ CHILD = r"""
 import resource, sys, time, torch
 from metafew.config import Config
 from metafew.data import load_data
-from metafew.engine import build_learner, evaluate, tune_allocator
+from metafew.allocator import tune_allocator
+from metafew.evaluation import evaluate
+from metafew.learner import build_learner
 from metafew.tasks import EpisodeSampler
 tune_allocator()
 chunk, episodes, threads = (int(a) for a in sys.argv[1:4])

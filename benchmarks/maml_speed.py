@@ -180,9 +180,9 @@ def metafew_config(
 def metafew_runner(
     algorithm: str, batching: str, first_order: bool, queries: int, init: dict, max_memory: int | None = None
 ):
+    from metafew.allocator import tune_allocator
     from metafew.engine import build_optimizer
     from metafew.learner import build_learner
-    from metafew.system import tune_allocator
     from metafew.tasks import Episode
 
     tune_allocator()

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from metafew import engine
+from metafew.allocator import tune_allocator
 from metafew.augment import augment_spec
 from metafew.checkpoints import FORMAT as CHECKPOINT_FORMAT
 from metafew.checkpoints import load_checkpoint, load_meta, restore_rng_states, rng_states, save_checkpoint
@@ -22,7 +23,7 @@ from metafew.evaluation import confidence_interval, evaluate, queries_per_class
 from metafew.finetuning import Finetuned, finetune, predict_proba
 from metafew.learner import Learner, build_learner, norm_stats
 from metafew.runs import create_run, read_metrics
-from metafew.system import resolve_device, tune_allocator
+from metafew.system import resolve_device
 from metafew.tasks import EpisodeSampler
 
 

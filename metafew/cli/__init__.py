@@ -7,20 +7,38 @@ from __future__ import annotations
 
 import os
 import sys
+from typing import Annotated
 
 import typer
 
+from metafew import __version__
 from metafew.cli import data, info, use
 from metafew.cli import train as train_command
 from metafew.errors import Interrupted
-from metafew.system import tune_allocator
 
 app = typer.Typer(
     help="Few-shot meta-learning on images: meta-train, fine-tune, predict, evaluate.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
-    add_completion=False,
+    add_completion=True,
 )
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"metafew {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="print the version and exit"),
+    ] = False,
+) -> None:
+    """Few-shot meta-learning on images: meta-train, fine-tune, predict, evaluate."""
+
 app.command()(train_command.train)
 app.command()(use.finetune)
 app.command()(use.select)
@@ -37,6 +55,8 @@ def main() -> None:
     """Console-script entry point. A command stopped by a signal (exit 130) has already written
     everything it keeps and said so: it leaves at once, without the interpreter's teardown of
     torch (1.5 s idle, several seconds on a loaded machine, out of a cluster's notice period)."""
+    from metafew.allocator import tune_allocator
+
     tune_allocator()
     try:
         app()

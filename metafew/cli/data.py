@@ -13,13 +13,10 @@ from rich.markup import escape
 from rich.table import Table
 
 from metafew.cli.common import DownloadBar, Overrides, console, err, user_errors
-from metafew.config_load import load_config
-from metafew.data import DATASETS
-from metafew.data.cache import cache_root
-from metafew.data.check import check_pictures
-from metafew.data.folder import MIN_SIDE
 from metafew.errors import DataError
-from metafew.launch import load_run_data
+
+MIN_SIDE = 8
+"""metafew.data.folder.MIN_SIDE, repeated so that `--help` does not import torch (a test keeps them equal)."""
 
 data_app = typer.Typer(help="List, download and check datasets.", no_args_is_help=True)
 
@@ -27,6 +24,9 @@ data_app = typer.Typer(help="List, download and check datasets.", no_args_is_hel
 @data_app.command("list")
 def data_list() -> None:
     """The datasets metafew reads, where their files come from, and which it can download."""
+    from metafew.data import DATASETS
+    from metafew.data.cache import cache_root
+
     table = Table("data.dataset", "what", "files", "download")
     for name, dataset in DATASETS.items():
         table.add_row(name, dataset.summary, dataset.files, "yes" if dataset.remotes else "no")
@@ -42,6 +42,10 @@ def data_prepare(
     overrides: Overrides = None,
 ) -> None:
     """Download (when needed) and check a dataset's files, decode them and fill the cache."""
+    from metafew.config_load import load_config
+    from metafew.data.cache import cache_root
+    from metafew.launch import load_run_data
+
     with user_errors():
         extra = [f"data.dataset={name}", "data.download=true", *([f"data.root={root}"] if root else [])]
         cfg = load_config(config, [*(overrides or []), *extra])
@@ -69,6 +73,8 @@ def data_check(
 ) -> None:
     """Open every picture fully; report corrupt, truncated, tiny, huge and unreadable files and
     the pictures per class. Exit code 0 when all are fine, 3 when any is not."""
+    from metafew.data.check import check_pictures
+
     with user_errors():
         report = check_pictures(path, min_side)
         table = Table("class (folder)", "pictures")

@@ -9,16 +9,15 @@ import typer
 from rich.table import Table
 
 from metafew.cli.common import Overrides, console, user_errors
-from metafew.compare import compare, format_table
-from metafew.config_load import describe_keys, dump_yaml, load_config
 from metafew.errors import EXIT_CODES
-from metafew.runs_table import list_runs
 
 
 def runs(
     root: Annotated[Path, typer.Option(help="folder holding run folders")] = Path("runs"),
 ) -> None:
     """Table of runs with their key metrics."""
+    from metafew.runs_table import list_runs
+
     rows = list_runs(root)
     if not rows:
         console.print(f"no runs under {root}", highlight=False)
@@ -58,6 +57,9 @@ def compare_configs(
     predict: Annotated[bool, typer.Option(help="also fine-tune and score the unlabeled pictures")] = True,
 ) -> None:
     """Train each config, evaluate all on the same test episodes, print and save a table."""
+    from metafew.compare import compare, format_table
+    from metafew.config_load import load_config
+
     with user_errors():
         for config in configs:
             load_config(config, overrides or [])  # every config valid before anything trains
@@ -72,6 +74,8 @@ def show_config(
     keys: Annotated[bool, typer.Option(help="list every key with its default and meaning")] = False,
 ) -> None:
     """Print the resolved config (defaults <- file <- overrides), or all keys."""
+    from metafew.config_load import describe_keys, dump_yaml, load_config
+
     with user_errors():
         if keys:
             for key, default, help_text in describe_keys():

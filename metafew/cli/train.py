@@ -6,7 +6,7 @@ import signal
 import time
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import (
@@ -18,11 +18,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from metafew import distributed, engine
 from metafew.cli.common import DownloadBar, Overrides, console, note, stop_on_signals, user_errors
 from metafew.errors import DivergedError, Interrupted
-from metafew.launch import ReportedByRankZero, TrainRequest, discard_if_unsaved, prepare
-from metafew.runs import RunClaim
+
+if TYPE_CHECKING:  # imported inside the command: `--help` stays free of torch
+    from metafew import engine
 
 
 def _format_record(done: int, total: int, record: dict[str, float], short: bool = False) -> str:
@@ -91,6 +91,10 @@ def train(
 ) -> None:
     """Meta-train M_meta into a new run folder under train.runs_dir, or continue one (--resume)."""
     stop = stop_on_signals()  # first: a signal during start-up or data loading stops before step 1
+    from metafew import distributed, engine
+    from metafew.launch import ReportedByRankZero, TrainRequest, discard_if_unsaved, prepare
+    from metafew.runs import RunClaim
+
     group = distributed.join()
     say = console.print if group.is_main else _silent
     with user_errors("" if group.is_main else f"rank {group.rank}: "), group, RunClaim() as claim:

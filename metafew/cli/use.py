@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.markup import escape
 
-from metafew import stages
+if TYPE_CHECKING:  # imported inside the commands: `--help` stays free of torch
+    from metafew import stages
+
 from metafew.cli.common import DownloadBar, err, say, stop_on_signals, user_errors
 
 FinetuneOverrides = Annotated[
@@ -41,6 +43,8 @@ def finetune(
 ) -> None:
     """Fine-tune M_meta on the labeled novel pictures (finetune.* recipe) into <run>/finetune/<id>."""
     stop = stop_on_signals()  # SIGINT/SIGTERM/SIGUSR1: exit 130 at the next check, nothing written
+    from metafew import stages
+
     with user_errors(), DownloadBar() as download:
         result = stages.finetune_run(
             run, labeled, checkpoint, overrides or [], download, unlabeled=unlabeled, stop_requested=stop
@@ -85,6 +89,7 @@ def select(
 
     The winner is estimated again on fresh folds, then fine-tuned into <run>/finetune/<id>."""
     stop = stop_on_signals()
+    from metafew import stages
 
     shown: list[stages.Estimate] = []
 
@@ -136,6 +141,8 @@ def predict(
 
     With known answers: per-class accuracy in summary.json, confusion.csv and confusion.png."""
     stop = stop_on_signals()
+    from metafew import stages
+
     with user_errors(), DownloadBar() as download:
         result = stages.predict_run(
             model_dir, folder, download, ensemble=ensemble, overrides=overrides or [], stop_requested=stop
@@ -155,6 +162,8 @@ def evaluate(
 ) -> None:
     """Accuracy on seeded test episodes of the novel classes: mean ± 95% CI, also as JSON."""
     stop = stop_on_signals()
+    from metafew import stages
+
     with user_errors(), DownloadBar() as download:
         result = stages.evaluate_run(run, checkpoint, overrides or [], download, stop_requested=stop)
     s = result.summary
