@@ -16,7 +16,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from metafew.config.schema import Config, RuntimeConfig
 from metafew.data import DATASETS
 from metafew.errors import ConfigError
 from metafew.models import downsampled_size
+from metafew.presets import resolve as resolve_preset
 
 REGISTRIES: dict[str, Collection[str]] = {"algorithms": ALGORITHMS, "datasets": DATASETS}
 """Registries whose keys are the choices of a config field (`param(..., registry=...)`)."""
@@ -292,10 +293,25 @@ def read_yaml_file(path: Path) -> dict[str, Any]:
     return raw
 
 
-def load_config(path: Path | None, overrides: list[str] | None = None) -> Config:
-    """Defaults <- YAML file <- dotted overrides, validated."""
-    raw = read_yaml_file(path) if path is not None else {}
-    return from_dict(merge(raw, parse_overrides(overrides or [])))
+ConfigFiles = Sequence[Path | str] | Path | str | None
+"""One `--config` value, several (composed left to right), or none."""
+
+
+def read_config_files(files: ConfigFiles) -> dict[str, Any]:
+    """The YAML files (paths or shipped preset names, `metafew.presets.resolve`) deep-merged left
+    to right: a later file's key replaces an earlier one's, sections merge key by key."""
+    if files is None:
+        return {}
+    items = [files] if isinstance(files, (str, Path)) else list(files)
+    raw: dict[str, Any] = {}
+    for item in items:
+        raw = merge(raw, read_yaml_file(resolve_preset(item)))
+    return raw
+
+
+def load_config(files: ConfigFiles, overrides: list[str] | None = None) -> Config:
+    """Defaults <- YAML file(s), left to right <- dotted overrides, validated."""
+    return from_dict(merge(read_config_files(files), parse_overrides(overrides or [])))
 
 
 def to_dict(cfg: Config) -> dict[str, Any]:

@@ -64,7 +64,7 @@ class ReportedByRankZero(MetafewError):
 class TrainRequest:
     """What `metafew train` was asked for: config file, overrides, --resume, --allow-change."""
 
-    config: Path | None
+    config: list[str] | None
     overrides: list[str]
     resume: str | None
     allowed: frozenset[str]
@@ -132,9 +132,9 @@ def load_run_data(
 def resume_config(run: Path, request: TrainRequest) -> Config:
     """The run's saved config, with only RESUMABLE_KEYS and --allow-change keys allowed to change."""
     saved = load_run_config(run)
-    if request.config is None and not request.overrides:
+    if not request.config and not request.overrides:
         return saved
-    base = to_dict(saved) if request.config is None else to_dict(load_config(request.config))
+    base = to_dict(saved) if not request.config else to_dict(load_config(request.config))
     wanted = from_dict(merge(base, parse_overrides(request.overrides)))
     diff = config_diff(to_dict(saved), to_dict(wanted))
     blocked = [d for d in diff if d[0] not in RESUMABLE_KEYS | request.allowed]

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from metafew import __version__
-from metafew.cli import data, info, use
+from metafew.cli import data, info, presets, use
 from metafew.cli import train as train_command
 from metafew.errors import Interrupted
 
@@ -39,6 +39,7 @@ def _options(
 ) -> None:
     """Few-shot meta-learning on images: meta-train, fine-tune, predict, evaluate."""
 
+
 app.command()(train_command.train)
 app.command()(use.finetune)
 app.command()(use.select)
@@ -49,6 +50,7 @@ app.command("compare")(info.compare_configs)
 app.command("config")(info.show_config)
 app.command("exit-codes")(info.exit_codes)
 app.add_typer(data.data_app, name="data")
+app.add_typer(presets.configs_app, name="configs")
 
 
 def main() -> None:

@@ -19,6 +19,16 @@ from metafew.stopping import StopSignal
 console = Console(soft_wrap=True, markup=False, highlight=False)
 err = Console(stderr=True, soft_wrap=True)
 
+ConfigFiles = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--config",
+        "-c",
+        help="YAML config file or shipped preset name (metafew configs list); repeat to compose, "
+        "later files win key by key",
+    ),
+]
+
 Overrides = Annotated[
     list[str] | None, typer.Argument(help="dotted overrides, e.g. task.shots=1 train.outer_lr=1e-3")
 ]

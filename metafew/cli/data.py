@@ -12,7 +12,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from metafew.cli.common import DownloadBar, Overrides, console, err, user_errors
+from metafew.cli.common import ConfigFiles, DownloadBar, Overrides, console, err, user_errors
 from metafew.errors import DataError
 
 MIN_SIDE = 8
@@ -38,7 +38,7 @@ def data_list() -> None:
 def data_prepare(
     name: Annotated[str, typer.Argument(help="dataset name (metafew data list)")],
     root: Annotated[Path | None, typer.Option(help="folder for the dataset's files (data.root)")] = None,
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML experiment config")] = None,
+    config: ConfigFiles = None,
     overrides: Overrides = None,
 ) -> None:
     """Download (when needed) and check a dataset's files, decode them and fill the cache."""

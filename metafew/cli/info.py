@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from metafew.cli.common import Overrides, console, user_errors
+from metafew.cli.common import ConfigFiles, Overrides, console, user_errors
 from metafew.errors import EXIT_CODES
 
 
@@ -69,7 +69,7 @@ def compare_configs(
 
 
 def show_config(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML experiment config")] = None,
+    config: ConfigFiles = None,
     overrides: Overrides = None,
     keys: Annotated[bool, typer.Option(help="list every key with its default and meaning")] = False,
 ) -> None:

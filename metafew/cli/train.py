@@ -5,7 +5,6 @@ from __future__ import annotations
 import signal
 import time
 from contextlib import nullcontext
-from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
@@ -18,7 +17,15 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from metafew.cli.common import DownloadBar, Overrides, console, note, stop_on_signals, user_errors
+from metafew.cli.common import (
+    ConfigFiles,
+    DownloadBar,
+    Overrides,
+    console,
+    note,
+    stop_on_signals,
+    user_errors,
+)
 from metafew.errors import DivergedError, Interrupted
 
 if TYPE_CHECKING:  # imported inside the command: `--help` stays free of torch
@@ -64,7 +71,7 @@ def _silent(*args: Any, **kwargs: Any) -> None:
 
 
 def train(
-    config: Annotated[Path | None, typer.Option("--config", "-c", help="YAML experiment config")] = None,
+    config: ConfigFiles = None,
     overrides: Overrides = None,
     resume: Annotated[
         str | None,
