@@ -193,6 +193,9 @@ def train(
         )
         raise Interrupted(f"stopped before iteration {state.iteration + 1}, nothing trained yet; {again}")
     started, done_at_start = time.perf_counter(), state.iteration
+    # wall time continues across resumes from the last line kept (learning curves against time)
+    before = (read_metrics(run) if group.is_main else []) or [{}]
+    offset = float(before[-1].get("elapsed_s", 0.0))
     saved_at = [state.iteration]
 
     def save_last() -> None:
@@ -222,6 +225,7 @@ def train(
             record = {"iteration": state.iteration, "loss": loss, "accuracy": accuracy, "lr": lr}
             elapsed = time.perf_counter() - started
             record["tasks_per_s"] = (state.iteration - done_at_start) * a.meta_batch_size / max(elapsed, 1e-9)
+            record["elapsed_s"] = offset + elapsed
             last, validated = state.iteration == a.iterations, True
             if group.is_main:  # the others wait in group.any below while rank 0 validates
                 validated = _log_and_validate(
@@ -287,12 +291,16 @@ def _keep_validation(
     """Validate after iteration `state.iteration`: its metrics line, best.pt if it is the best so
     far, the result added to `record`. False when `stop_requested()` cut it short: then nothing
     is written and best.pt is left as it was."""
+    validated_from = time.perf_counter()
     try:
         mean, ci = _validate(cfg, learner, val_sampler, stop_requested)
     except Interrupted:
         return False
     record |= {"val_accuracy": mean, "val_ci95": ci}
-    append_metrics(run, {"iteration": state.iteration, "val_accuracy": mean, "val_ci95": ci})
+    line = {"iteration": state.iteration, "val_accuracy": mean, "val_ci95": ci}
+    if "elapsed_s" in record:  # when validation ended; a validation redone on resume has no time
+        line["elapsed_s"] = record["elapsed_s"] + (time.perf_counter() - validated_from)
+    append_metrics(run, line)
     if state.best_accuracy is None or mean > state.best_accuracy:
         state.best_accuracy, state.best_iteration = mean, state.iteration
         _checkpoint(run, "best", learner, opt, state, cfg)

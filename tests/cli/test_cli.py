@@ -171,11 +171,13 @@ def test_metrics_log_every_iteration_and_each_validation(story: Story) -> None:
     assert len(train) + len(val) == len(records)
     assert [r["iteration"] for r in train] == [1, 2, 3, 4]
     for r in train:
-        assert set(r) == {"iteration", "loss", "accuracy", "lr", "tasks_per_s"}
+        assert set(r) == {"iteration", "loss", "accuracy", "lr", "tasks_per_s", "elapsed_s"}
         assert r["lr"] == 1e-3  # constant schedule
         assert math.isfinite(r["loss"]) and r["loss"] > 0
         assert 0.0 <= r["accuracy"] <= 1.0
         assert r["tasks_per_s"] > 0
+    times = [r["elapsed_s"] for r in records]  # wall seconds since the start, in log order
+    assert times == sorted(times) and times[0] > 0
     assert [r["iteration"] for r in val] == [2, 4]  # train.val_every=2
     for r in val:
         assert 0.0 <= r["val_accuracy"] <= 1.0 and r["val_ci95"] >= 0

@@ -17,8 +17,8 @@ ARGS = ["train.iterations=6"]
 
 
 def essentials(run: Path) -> list[dict[str, Any]]:
-    """metrics.jsonl without the wall-clock speed."""
-    return [{k: v for k, v in r.items() if k != "tasks_per_s"} for r in read_metrics(run)]
+    """metrics.jsonl without the wall-clock fields (speed, elapsed time)."""
+    return [{k: v for k, v in r.items() if k not in ("tasks_per_s", "elapsed_s")} for r in read_metrics(run)]
 
 
 def fingerprint(run: Path) -> dict[str, Any]:
