@@ -24,6 +24,7 @@ from metafew.files import write_text_atomic
 from metafew.functional import Params
 from metafew.learner import Learner, build_learner, load_params
 from metafew.plots import plot_learning_curve
+from metafew.progress import Advance, silent
 from metafew.runs import append_metrics, read_metrics, truncate_metrics
 from metafew.system import resolve_device
 from metafew.tasks import Episode, EpisodeSampler
@@ -133,17 +134,24 @@ def _validate(
     learner: Learner,
     sampler: EpisodeSampler,
     stop_requested: Callable[[], bool] = lambda: False,
+    final: bool = False,
+    advance: Advance = silent,
 ) -> tuple[float, float]:
-    """Mean validation accuracy and its 95% half-width; Interrupted when `stop_requested()`
-    turns true between chunks of episodes."""
+    """Mean validation accuracy and its 95% half-width (the `final` one, after the last
+    iteration, on train.final_val_episodes when set); Interrupted when `stop_requested()` turns
+    true between chunks of episodes."""
+    episodes = cfg.train.val_episodes
+    if final and cfg.train.final_val_episodes is not None:
+        episodes = cfg.train.final_val_episodes
     accs = evaluate(
         learner,
         sampler,
-        cfg.train.val_episodes,
+        episodes,
         cfg.algorithm.eval_inner_steps,
         None,  # the algorithm's own step size (learned for Meta-SGD and MAML++ LSLR)
         cfg.eval.norm,
         stop_requested=stop_requested,
+        advance=lambda what, done, total: advance("validation episodes", done, total),
     )
     return confidence_interval(accs)
 
@@ -157,6 +165,7 @@ def train(
     stop_requested: Callable[[], bool] = lambda: False,
     group: Group | None = None,
     learner: Learner | None = None,
+    advance: Advance = silent,
 ) -> TrainState:
     """Meta-train `cfg.train.iterations` outer steps, writing metrics and checkpoints into `run`.
 
@@ -169,6 +178,7 @@ def train(
     nothing written. With a process `group` (torchrun) each process computes its share of every
     meta-batch and only the main process writes into `run`.
     `learner`: this process's, as metafew.launch built it (None: built here on runtime.device).
+    `advance("validation episodes", done, total)` as validations go (main process).
     """
     a, group = cfg.train, group or Solo()
     if learner is None:
@@ -184,7 +194,7 @@ def train(
     spec = augment_spec(cfg) if cfg.train.augment else None
     validated = True
     if group.is_main and resume is not None and val_sampler is not None:
-        validated = _redo_cut_validation(cfg, run, learner, opt, state, val_sampler, stop_requested)
+        validated = _redo_cut_validation(cfg, run, learner, opt, state, val_sampler, stop_requested, advance)
     if group.any(stop_requested() or not validated):  # every process, whatever it did before
         again = (
             "run the same command again to start"  # a new run's folder goes (launch.discard_if_unsaved)
@@ -229,7 +239,7 @@ def train(
             last, validated = state.iteration == a.iterations, True
             if group.is_main:  # the others wait in group.any below while rank 0 validates
                 validated = _log_and_validate(
-                    cfg, run, learner, opt, state, record, val_sampler, stop_requested
+                    cfg, run, learner, opt, state, record, val_sampler, stop_requested, advance
                 )
             if state.iteration % a.checkpoint_every == 0 or last:
                 save_last()
@@ -261,6 +271,7 @@ def _log_and_validate(
     record: dict[str, float],
     val_sampler: EpisodeSampler | None,
     stop_requested: Callable[[], bool],
+    advance: Advance = silent,
 ) -> bool:
     """Metrics line, validation and best.pt after an outer step (main process only); adds the
     validation result to `record`. False when `stop_requested()` cut the validation short
@@ -270,7 +281,7 @@ def _log_and_validate(
         append_metrics(run, dict(record))
     if val_sampler is None or not _validation_due(cfg, state.iteration):
         return True
-    return _keep_validation(cfg, run, learner, opt, state, record, val_sampler, stop_requested)
+    return _keep_validation(cfg, run, learner, opt, state, record, val_sampler, stop_requested, advance)
 
 
 def _validation_due(cfg: Config, iteration: int) -> bool:
@@ -287,13 +298,15 @@ def _keep_validation(
     record: dict[str, float],
     val_sampler: EpisodeSampler,
     stop_requested: Callable[[], bool],
+    advance: Advance = silent,
 ) -> bool:
     """Validate after iteration `state.iteration`: its metrics line, best.pt if it is the best so
     far, the result added to `record`. False when `stop_requested()` cut it short: then nothing
     is written and best.pt is left as it was."""
     validated_from = time.perf_counter()
     try:
-        mean, ci = _validate(cfg, learner, val_sampler, stop_requested)
+        final = state.iteration == cfg.train.iterations
+        mean, ci = _validate(cfg, learner, val_sampler, stop_requested, final, advance)
     except Interrupted:
         return False
     record |= {"val_accuracy": mean, "val_ci95": ci}
@@ -315,6 +328,7 @@ def _redo_cut_validation(
     state: TrainState,
     val_sampler: EpisodeSampler,
     stop_requested: Callable[[], bool],
+    advance: Advance = silent,
 ) -> bool:
     """On resume (main process): the validation after the checkpointed step, if a stop cut it
     short (metrics.jsonl has no line for it), so that the continuation equals a run that was
@@ -325,7 +339,7 @@ def _redo_cut_validation(
         r.get("iteration") == it and "val_accuracy" in r for r in read_metrics(run)
     ):
         return True
-    if not _keep_validation(cfg, run, learner, opt, state, {}, val_sampler, stop_requested):
+    if not _keep_validation(cfg, run, learner, opt, state, {}, val_sampler, stop_requested, advance):
         return False
     if state.best_iteration == it:
         _checkpoint(run, "last", learner, opt, state, cfg)

@@ -14,6 +14,7 @@ from metafew.data import LabeledImages
 from metafew.errors import DataError, Interrupted
 from metafew.functional import Params
 from metafew.learner import Learner, norm_stats
+from metafew.progress import Advance, silent
 from metafew.stopping import abandonable
 from metafew.tasks import EpisodeSampler, stack_episodes
 
@@ -35,11 +36,12 @@ def evaluate(
     chunk: int | None = None,
     *,
     stop_requested: Callable[[], bool] = lambda: False,
+    advance: Advance = silent,
 ) -> np.ndarray:
     """Query accuracy of episodes 0..episodes-1 of `sampler`: [episodes] float64; `lr` None
     means the algorithm's own inner step size. `stop_requested()` is checked before each chunk, and
     a StopSignal's signal stops a chunk at once (metafew.stopping): Interrupted naming how many
-    episodes were done.
+    episodes were done. `advance("test episodes", done, episodes)` after each chunk.
 
     Each episode adapts on its support set and classifies its queries; `chunk` episodes run at
     once (None or 0: the learner's chunks, task-batched or under vmap); no outer
@@ -73,6 +75,7 @@ def evaluate(
                     out.append(run_chunk(range(start, min(start + chunk, episodes))))
             except Interrupted:
                 raise Interrupted(f"stopped after {start} of {episodes} episodes") from None
+            advance("test episodes", min(start + chunk, episodes), episodes)
     return torch.cat(out).double().cpu().numpy()
 
 

@@ -38,6 +38,7 @@ from metafew.errors import ConfigError, DataError, Interrupted
 from metafew.functional import Params
 from metafew.learner import Learner, norm_stats
 from metafew.models import NormStats
+from metafew.progress import Advance, silent
 from metafew.stopping import abandonable
 
 StopRequested = Callable[[], bool]
@@ -144,11 +145,14 @@ def _train(
     steps: int,
     watch: Callable[[int, Params], None] | None,
     stop_requested: StopRequested,
+    advance: Advance = silent,
+    phase: str = "fine-tuning steps",
 ) -> Params:
     """`steps` optimizer steps from `start` on float pictures x [n, C, H, W] with labels y [n] and
     (unless finetune.unlabeled is none) float unlabeled pictures [m, C, H, W]; `watch(step,
-    params)` after every finetune.eval_every steps. Step s draws its batch and transforms from
-    view_generator(finetune.seed, s), so two fits of the same pictures are identical."""
+    params)` after every finetune.eval_every steps; `advance(phase, step, steps)` after each.
+    Step s draws its batch and transforms from view_generator(finetune.seed, s), so two fits of
+    the same pictures are identical."""
     params = {
         k: v.clone().requires_grad_(ft.params == "all" or k.startswith("head.")) for k, v in start.items()
     }
@@ -185,6 +189,7 @@ def _train(
         optimizer.step()
         if watch is not None and step % ft.eval_every == 0:
             watch(step, params)
+        advance(phase, step, steps)
     return {k: v.detach() for k, v in params.items()}
 
 
@@ -205,13 +210,14 @@ def fit(
     unlabeled: torch.Tensor | None = None,
     *,
     stop_requested: StopRequested = lambda: False,
+    advance: Advance = silent,
 ) -> Fitted:
     """The fine-tuning recipe of the module docstring on images [n, C, H, W] with labels [n] and
     optional unlabeled pictures [m, C, H, W] (uint8, or floats in [0, 1]). `stop_requested()` is
     checked before every step, and a StopSignal's signal stops at once (metafew.stopping):
-    Interrupted."""
+    Interrupted. `advance` hears every step of both phases (the held-out search, the refit)."""
     with abandonable(stop_requested):  # nothing of a fit is kept if it is cut
-        return _fit(cfg, learner, images, labels, unlabeled, stop_requested)
+        return _fit(cfg, learner, images, labels, unlabeled, stop_requested, advance)
 
 
 def _fit(
@@ -221,6 +227,7 @@ def _fit(
     labels: torch.Tensor,
     unlabeled: torch.Tensor | None,
     stop_requested: StopRequested,
+    advance: Advance,
 ) -> Fitted:
     ft = cfg.finetune
     spec = augment_spec(cfg)
@@ -248,10 +255,24 @@ def _fit(
 
             start = _start(cfg, learner, x[kept], y[kept], u_fold)
             score(0, start)
-            _train(learner, ft, spec, start, x[kept], y[kept], u_fold, ft.steps, score, stop_requested)
+            search = "fine-tuning steps, held-out search"
+            _train(
+                learner,
+                ft,
+                spec,
+                start,
+                x[kept],
+                y[kept],
+                u_fold,
+                ft.steps,
+                score,
+                stop_requested,
+                advance,
+                search,
+            )
             steps = min(curve, key=lambda c: (round(c[1], 6), c[0]))[0]
     start = _start(cfg, learner, x, y, u)
-    params = _train(learner, ft, spec, start, x, y, u, steps, None, stop_requested)
+    params = _train(learner, ft, spec, start, x, y, u, steps, None, stop_requested, advance)
     return Fitted(params, steps, curve)
 
 
@@ -298,6 +319,7 @@ def finetune(
     unlabeled: torch.Tensor | None = None,
     *,
     stop_requested: StopRequested = lambda: False,
+    advance: Advance = silent,
 ) -> tuple[Finetuned, Fitted]:
     """M_finetune from the meta-learned learner: `fit` on all labeled novel pictures (and the
     uint8 unlabeled ones [m, C, H, W] where finetune.unlabeled uses them)."""
@@ -311,7 +333,15 @@ def finetune(
         raise ConfigError(
             "finetune.unlabeled = softkmeans writes prototypes into a linear head; use model.head=linear"
         )
-    fitted = fit(cfg, learner, labeled.images, labeled.labels, unlabeled, stop_requested=stop_requested)
+    fitted = fit(
+        cfg,
+        learner,
+        labeled.images,
+        labeled.labels,
+        unlabeled,
+        stop_requested=stop_requested,
+        advance=advance,
+    )
     used = None if cfg.finetune.unlabeled == "none" else unlabeled
     x = as_float(labeled.images).to(learner.device)
     u = None if used is None else as_float(used).to(learner.device)
@@ -328,13 +358,15 @@ def predict_proba(
     spec: Augment | None = None,
     seed: int = 0,
     stop_requested: StopRequested = lambda: False,
+    advance: Advance = silent,
 ) -> torch.Tensor:
     """Class probabilities [n, ways] for images [n, C, H, W] (uint8, or floats in [0, 1]): the
     mean softmax over model.tta views (view 0 the picture itself; the others `tta_views` of
     `spec`, drawn per picture from (seed, view, index), so chunking does not change them).
     BatchNorm uses the frozen statistics of `model`, so a picture's result does not depend on the
     rest of the batch. `stop_requested()` is checked before each batch, and a StopSignal's signal
-    stops at once: Interrupted naming how many pictures were done."""
+    stops at once: Interrupted naming how many pictures were done. `advance("pictures", done, n)`
+    after each batch."""
     views = model.tta if spec is not None else 1
     out = []
     with torch.no_grad():
@@ -353,4 +385,5 @@ def predict_proba(
                     out.append(torch.softmax(logits, dim=-1).view(x.shape[0], len(chunk), -1).mean(0).cpu())
             except Interrupted:
                 raise Interrupted(f"stopped after {start} of {len(images)} pictures") from None
+            advance("pictures", start + len(chunk), len(images))
     return torch.cat(out)

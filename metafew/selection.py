@@ -28,6 +28,7 @@ from metafew.errors import Interrupted
 from metafew.finetuning import Finetuned, as_float, check_ways, fit, frozen_stats, predict_proba
 from metafew.functional import Params
 from metafew.learner import Learner
+from metafew.progress import Advance, silent
 from metafew.tasks import EpisodeSampler
 
 StopRequested = Callable[[], bool]
@@ -65,14 +66,16 @@ def cross_validate(
     folds: int,
     *,
     stop_requested: StopRequested = lambda: False,
+    advance: Advance = silent,
 ) -> np.ndarray:
     """[n] bool: whether each labeled picture was labeled right by the recipe fine-tuned without
-    it (`folds`-fold, folds seeded by finetune.seed). unlabeled: uint8 [m, C, H, W] or None."""
+    it (`folds`-fold, folds seeded by finetune.seed). unlabeled: uint8 [m, C, H, W] or None.
+    `advance("folds", done, folds)` after each fold."""
     check_ways(cfg, labeled.classes)
     x, y = labeled.images, labeled.labels
     correct = np.zeros(len(y), dtype=bool)
     spec = augment_spec(cfg)
-    for held in stratified_folds(y, folds, cfg.finetune.seed):
+    for done, held in enumerate(stratified_folds(y, folds, cfg.finetune.seed), 1):
         kept = torch.tensor(sorted(set(range(len(y))) - set(held.tolist())), dtype=torch.int64)
         pool = None
         if cfg.finetune.unlabeled != "none":
@@ -80,6 +83,7 @@ def cross_validate(
         fitted = fit(cfg, learner, x[kept], y[kept], pool, stop_requested=stop_requested)
         probs = _predict_fitted(cfg, learner, fitted.params, x[kept], pool, x[held], spec, cfg.finetune.seed)
         correct[held.numpy()] = (probs.argmax(-1) == y[held]).numpy()
+        advance("folds", done, folds)
     return correct
 
 
@@ -109,11 +113,13 @@ def evaluate_recipe(
     episodes: int,
     *,
     stop_requested: StopRequested = lambda: False,
+    advance: Advance = silent,
 ) -> np.ndarray:
     """Query accuracy [episodes] float64 of test episodes 0..episodes-1, each fine-tuned with the
     finetune.* recipe on its support set. Where finetune.unlabeled uses them, the episode's query
     pictures are its unlabeled ones (transductive; the predictions still use frozen statistics).
-    Test-time views are seeded by (finetune.seed + episode). Interrupted names the episodes done."""
+    Test-time views are seeded by (finetune.seed + episode). Interrupted names the episodes done;
+    `advance("test episodes", done, episodes)` after each."""
     spec = augment_spec(cfg)
     out = np.zeros(episodes)
     for i in range(episodes):
@@ -129,4 +135,5 @@ def evaluate_recipe(
             cfg, learner, fitted.params, ep.support_x, pool, ep.query_x, spec, cfg.finetune.seed + i
         )
         out[i] = float((probs.argmax(-1) == ep.query_y).double().mean())
+        advance("test episodes", i + 1, episodes)
     return out

@@ -4,6 +4,7 @@ overrides argument, the download bar, the stop flag that signals set."""
 from __future__ import annotations
 
 import signal
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Annotated, Any
@@ -11,7 +12,15 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 from metafew.errors import MetafewError
 from metafew.stopping import StopSignal
@@ -94,6 +103,62 @@ class DownloadBar:
             self.bar.stop()
 
     def __enter__(self) -> DownloadBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class WorkBar:
+    """The `advance(what, done, total)` of long library work (metafew.progress): on a terminal a
+    bar per phase on stderr with the elapsed time and an ETA; elsewhere (job logs, pipes) a line at
+    every tenth of a phase, so a log shows progress without flooding."""
+
+    def __init__(self, stage: str, terminal: bool | None = None) -> None:
+        self.stage = stage
+        self.terminal = err.is_terminal if terminal is None else terminal
+        self.bar: Progress | None = None
+        self.tasks: dict[str, TaskID] = {}
+        self.logged: dict[str, int] = {}
+        self.started: dict[str, float] = {}
+
+    def __call__(self, what: str, done: int, total: int) -> None:
+        if self.terminal:
+            self._draw(what, done, total)
+            return
+        tenth = 10 * done // max(total, 1)
+        if what not in self.started:
+            self.started[what] = time.perf_counter()
+        if tenth > self.logged.get(what, 0) or (done == total and self.logged.get(what) != 10):
+            self.logged[what] = tenth
+            seconds = time.perf_counter() - self.started[what]
+            eta = seconds / done * (total - done) if done else 0.0
+            err.print(
+                f"{self.stage}: {what} {done}/{total} ({seconds:.0f} s, eta {eta:.0f} s)", highlight=False
+            )
+
+    def _draw(self, what: str, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("eta"),
+                TimeRemainingColumn(),
+                console=err,
+                transient=True,
+            )
+            self.bar.start()
+        if what not in self.tasks:
+            self.tasks[what] = self.bar.add_task(f"{self.stage}: {what}", total=total)
+        self.bar.update(self.tasks[what], completed=done, total=total)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def __enter__(self) -> WorkBar:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -12,7 +12,7 @@ from rich.markup import escape
 if TYPE_CHECKING:  # imported inside the commands: `--help` stays free of torch
     from metafew import stages
 
-from metafew.cli.common import DownloadBar, err, say, stop_on_signals, user_errors
+from metafew.cli.common import DownloadBar, WorkBar, err, say, stop_on_signals, user_errors
 
 FinetuneOverrides = Annotated[
     list[str] | None,
@@ -45,9 +45,16 @@ def finetune(
     stop = stop_on_signals()  # SIGINT/SIGTERM/SIGUSR1: exit 130 at the next check, nothing written
     from metafew import stages
 
-    with user_errors(), DownloadBar() as download:
+    with user_errors(), DownloadBar() as download, WorkBar("finetune") as bar:
         result = stages.finetune_run(
-            run, labeled, checkpoint, overrides or [], download, unlabeled=unlabeled, stop_requested=stop
+            run,
+            labeled,
+            checkpoint,
+            overrides or [],
+            download,
+            unlabeled=unlabeled,
+            stop_requested=stop,
+            advance=bar,
         )
     _report_finetune(result)
 
@@ -103,7 +110,7 @@ def select(
             f"{e.overrides or '(defaults)'}  ({e.seconds:.0f} s)"
         )
 
-    with user_errors(), DownloadBar() as download:
+    with user_errors(), DownloadBar() as download, WorkBar("select") as bar:
         _, best, confirmed, result = stages.select_run(
             runs,
             labeled,
@@ -115,6 +122,7 @@ def select(
             folds=folds,
             report=show,
             stop_requested=stop,
+            advance=bar,
         )
     low, high = confirmed.interval
     again = ""
@@ -129,12 +137,19 @@ def select(
 
 def predict(
     model_dir: Annotated[Path, typer.Argument(help="fine-tuned model folder (<run>/finetune/<id>)")],
-    folder: Annotated[Path | None, typer.Argument(help="unlabeled pictures (default: the dataset's)")] = None,
+    folder: Annotated[
+        Path | None,
+        typer.Argument(help="a folder of unlabeled pictures, or one picture (default: the dataset's)"),
+    ] = None,
     ensemble: Annotated[
         list[Path] | None, typer.Option(help="another fine-tuned model folder to average with (repeat)")
     ] = None,
     overrides: Annotated[
         list[str] | None, typer.Option("--set", help="finetune.tta=N (test-time views) or runtime.* (repeat)")
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="write predictions.csv and summary.json here (a new or empty folder)"),
     ] = None,
 ) -> None:
     """Label unlabeled pictures with M_finetune (or an ensemble's mean): predictions.csv, summary.json.
@@ -143,9 +158,16 @@ def predict(
     stop = stop_on_signals()
     from metafew import stages
 
-    with user_errors(), DownloadBar() as download:
+    with user_errors(), DownloadBar() as download, WorkBar("predict") as bar:
         result = stages.predict_run(
-            model_dir, folder, download, ensemble=ensemble, overrides=overrides or [], stop_requested=stop
+            model_dir,
+            folder,
+            download,
+            ensemble=ensemble,
+            overrides=overrides or [],
+            out=out,
+            stop_requested=stop,
+            advance=bar,
         )
     for name, reason in result.unreadable:
         err.print(f"[yellow]skipped[/] {escape(name)}: {escape(reason)}", highlight=False)
@@ -164,8 +186,10 @@ def evaluate(
     stop = stop_on_signals()
     from metafew import stages
 
-    with user_errors(), DownloadBar() as download:
-        result = stages.evaluate_run(run, checkpoint, overrides or [], download, stop_requested=stop)
+    with user_errors(), DownloadBar() as download, WorkBar("eval") as bar:
+        result = stages.evaluate_run(
+            run, checkpoint, overrides or [], download, stop_requested=stop, advance=bar
+        )
     s = result.summary
     adapted = f"{s['norm']} BatchNorm"
     if s["adaptation"] != "algorithm":

@@ -194,6 +194,9 @@ class TrainConfig:
     meta_batch_size: int = param(4, "tasks per outer update", ge=1)
     val_every: int = param(100, "validate every this many iterations (0: never)", ge=0)
     val_episodes: int = param(100, "episodes per validation", ge=1)
+    final_val_episodes: int | None = param(
+        None, "episodes of the validation after the last iteration (null: train.val_episodes)", ge=1
+    )
     log_every: int = param(10, "write a metrics line every this many iterations", ge=1)
     checkpoint_every: int = param(50, "save checkpoints/last.pt every this many iterations", ge=1)
 

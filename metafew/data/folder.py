@@ -148,10 +148,18 @@ def load_class_folders(folder: Path, size: int, channels: int) -> LabeledImages:
 
 
 def load_unlabeled(folder: Path, size: int, channels: int) -> tuple[UnlabeledImages, list[tuple[str, str]]]:
-    """Pictures directly in `folder`; unreadable files are skipped and returned as (name, reason)
-    so that one bad file does not stop the others from being predicted."""
+    """Pictures directly in `folder` (or the one picture file `folder` names); unreadable files are
+    skipped and returned as (name, reason) so that one bad file does not stop the others from
+    being predicted. Answers come from the folder's sibling answers.csv (none for one file)."""
+    if folder.is_file():
+        if folder.suffix.lower() not in IMAGE_SUFFIXES:
+            raise DataError(
+                f"{str(folder)!r} is not a picture ({', '.join(IMAGE_SUFFIXES)}): give a picture or a folder"
+            )
+        one = torch.from_numpy(np.stack([decode_image(folder, size, channels)]))
+        return UnlabeledImages(one, [folder.name]), []
     if not folder.is_dir():
-        raise DataError(missing(folder, "picture folder"))
+        raise DataError(missing(folder, "picture or folder of pictures"))
     paths = image_files(folder)
     if not paths:
         raise DataError(f"{str(folder)!r} holds no pictures ({', '.join(IMAGE_SUFFIXES)})")

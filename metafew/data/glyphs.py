@@ -12,6 +12,7 @@ always the same pictures for the same seed.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -122,8 +123,31 @@ def load_glyphs(cfg: GlyphsConfig, image_size: int, channels: int) -> FewShotDat
     return FewShotData(train, val, novel, unlabeled)
 
 
+_DRAWN: dict[tuple[object, ...], FewShotData] = {}
+"""The last glyph set drawn in this process, by its settings: a process that runs several stages
+(`train --fast-dev-run`, the Python API) draws it once (2400 renders, seconds on a busy CPU)."""
+
+
 def _build(cfg: DataConfig, sources: list[Path], recorded: Splits | None) -> FewShotData:
-    return load_glyphs(cfg.glyphs, cfg.image_size, cfg.channels)
+    key = (*dataclasses.astuple(cfg.glyphs), cfg.image_size, cfg.channels)
+    if key not in _DRAWN:
+        _DRAWN.clear()
+        _DRAWN[key] = load_glyphs(cfg.glyphs, cfg.image_size, cfg.channels)
+    return _copy(_DRAWN[key])
+
+
+def _copy(data: FewShotData) -> FewShotData:
+    """The same splits in new tensors, so that no caller can change the drawn set."""
+
+    def labeled(images: LabeledImages) -> LabeledImages:
+        return LabeledImages(images.images.clone(), images.labels.clone(), list(images.classes))
+
+    unlabeled = data.unlabeled
+    if unlabeled is not None:
+        answers = None if unlabeled.answers is None else list(unlabeled.answers)
+        unlabeled = UnlabeledImages(unlabeled.images.clone(), list(unlabeled.names), answers)
+    val = None if data.meta_val is None else labeled(data.meta_val)
+    return FewShotData(labeled(data.meta_train), val, labeled(data.novel), unlabeled)
 
 
 GLYPHS = Dataset(

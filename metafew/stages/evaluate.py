@@ -13,6 +13,7 @@ from metafew.data.download import Progress as DownloadProgress
 from metafew.evaluation import confidence_interval, evaluate, queries_per_class
 from metafew.files import ensure_writable, write_json
 from metafew.launch import load_run_data
+from metafew.progress import Advance, silent
 from metafew.runs import new_file, resolve_run
 from metafew.selection import evaluate_recipe
 from metafew.stages.common import (
@@ -41,6 +42,7 @@ def evaluate_run(
     progress: DownloadProgress | None = None,
     *,
     stop_requested: StopRequested = lambda: False,
+    advance: Advance = silent,
 ) -> EvalResult:
     """Accuracy on eval.episodes seeded test episodes of the novel classes -> <run>/eval/*.json.
     `stop_requested()` is checked between phases and chunks of episodes: Interrupted, nothing
@@ -58,7 +60,9 @@ def evaluate_run(
     started = time.perf_counter()
     with nothing_written("eval"):
         if cfg.eval.finetune:
-            accs = evaluate_recipe(cfg, learner, sampler, cfg.eval.episodes, stop_requested=stop_requested)
+            accs = evaluate_recipe(
+                cfg, learner, sampler, cfg.eval.episodes, stop_requested=stop_requested, advance=advance
+            )
         else:
             accs = evaluate(
                 learner,
@@ -68,6 +72,7 @@ def evaluate_run(
                 None,
                 cfg.eval.norm,
                 stop_requested=stop_requested,
+                advance=advance,
             )
     mean, ci = confidence_interval(accs)
     summary = {

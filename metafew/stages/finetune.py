@@ -17,6 +17,7 @@ from metafew.files import ensure_writable, write_json
 from metafew.finetuning import Fitted, finetune, predict_proba, unlabeled_weight
 from metafew.launch import load_run_data
 from metafew.learner import Learner
+from metafew.progress import Advance, silent
 from metafew.runs import new_folder, resolve_run
 from metafew.stages.common import (
     StopRequested,
@@ -75,11 +76,13 @@ def finetune_run(
     *,
     unlabeled: Path | None = None,
     stop_requested: StopRequested = lambda: False,
+    advance: Advance = silent,
 ) -> FinetuneResult:
     """Fine-tune <run>'s checkpoint on the labeled novel pictures (a folder of <class>/*.png, or
     the dataset's) with the finetune.* recipe; the unlabeled pictures (`unlabeled`, else the
     dataset's own) are read only when finetune.unlabeled uses them. `stop_requested()` is
-    checked between phases, steps and batches: Interrupted, no model folder made."""
+    checked between phases, steps and batches: Interrupted, no model folder made. `advance`
+    hears the fine-tuning steps and the scoring of the labeled pictures."""
     run = resolve_run(run)
     ensure_writable(run / "finetune")
     cfg = run_config(run, overrides, SECTIONS)
@@ -92,7 +95,7 @@ def finetune_run(
     learner, saved = meta_learner(run, cfg, which)
     check_stop(stop_requested, "finetune", "after loading the checkpoint")
     source = Sources(labeled, unlabeled)
-    return fit_and_save(cfg, run, which, learner, saved, novel, pictures, source, {}, stop_requested)
+    return fit_and_save(cfg, run, which, learner, saved, novel, pictures, source, {}, stop_requested, advance)
 
 
 @dataclass(frozen=True)
@@ -121,14 +124,15 @@ def fit_and_save(
     sources: Sources,
     extra: dict[str, Any],
     stop_requested: StopRequested,
+    advance: Advance = silent,
 ) -> FinetuneResult:
     """Fine-tune `learner` with cfg's recipe (on `pictures` too where finetune.unlabeled uses
     them), score it on its labeled pictures, and write <run>/finetune/<id>/{model.pt,
     finetune.json} (with `extra` added to the record)."""
     images = None if cfg.finetune.unlabeled == "none" or pictures is None else pictures.images
     with nothing_written("finetune"):
-        model, fitted = finetune(cfg, learner, novel, images, stop_requested=stop_requested)
-        probs = predict_proba(learner, model, novel.images, stop_requested=stop_requested)
+        model, fitted = finetune(cfg, learner, novel, images, stop_requested=stop_requested, advance=advance)
+        probs = predict_proba(learner, model, novel.images, stop_requested=stop_requested, advance=advance)
     train_acc = float((probs.argmax(-1) == novel.labels).float().mean())
     out = new_folder(run / "finetune")
     save(out / "model.pt", model.record(to_dict(cfg), learner.train_classes))

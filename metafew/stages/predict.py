@@ -16,9 +16,10 @@ from metafew.checkpoints import FinetunedCheckpoint, load_finetuned
 from metafew.config import Config
 from metafew.config_load import from_dict, merge, parse_overrides, to_dict, upgrade_saved
 from metafew.data.download import Progress as DownloadProgress
-from metafew.errors import ConfigError, DataError
+from metafew.errors import ConfigError, DataError, RunError
 from metafew.files import ensure_writable, write_json
 from metafew.finetuning import Finetuned, predict_proba
+from metafew.progress import Advance, silent
 from metafew.report import (
     class_counts,
     confusion_matrix,
@@ -90,6 +91,19 @@ def model_config(record: FinetunedCheckpoint, overrides: list[str]) -> Config:
     return from_dict(merge(to_dict(from_dict(upgrade_saved(record.config))), extra))
 
 
+def output_folder(out: Path) -> Path:
+    """`--out`, checked before any work: made if absent (with its parents) and proven writable; an
+    existing folder must be empty, so that no earlier predictions are overwritten."""
+    if out.exists() and not out.is_dir():
+        raise RunError(f"--out {str(out)!r} is a file: give a folder for predictions.csv and summary.json")
+    if out.is_dir() and any(out.iterdir()):
+        raise RunError(
+            f"--out {str(out)!r} is not empty: give a new or empty folder, so nothing is overwritten"
+        )
+    ensure_writable(out)
+    return out
+
+
 def predict_run(
     model_dir: Path,
     folder: Path | None,
@@ -97,15 +111,22 @@ def predict_run(
     *,
     ensemble: list[Path] | None = None,
     overrides: list[str] | None = None,
+    out: Path | None = None,
     stop_requested: StopRequested = lambda: False,
+    advance: Advance = silent,
 ) -> PredictResult:
     """Label pictures with the M_finetune in `model_dir`, or with the mean probabilities of it and
     the models in `ensemble` (same classes, same order), each with its own finetune.tta test-time
-    views -> model_dir/predict/<id>/. A picture's probabilities depend on that picture only.
-    `stop_requested()` is checked between phases and batches: Interrupted, nothing written."""
+    views -> model_dir/predict/<id>/ (or `out`: a new folder, or an empty existing one). `folder`
+    may also be one picture file. A picture's probabilities depend on that picture only.
+    `stop_requested()` is checked between phases and batches: Interrupted, nothing written;
+    `advance("pictures", done, n)` after each batch of each model."""
     records = [(model_dir, load_finetuned(model_dir))]
     records += [(other, load_finetuned(other)) for other in ensemble or []]
-    ensure_writable(model_dir / "predict")
+    if out is None:
+        ensure_writable(model_dir / "predict")
+    else:
+        output_folder(out)
     classes = list(records[0][1].classes)
     for other, record in records[1:]:
         if list(record.classes) != classes:
@@ -129,9 +150,10 @@ def predict_run(
                 spec=augment_spec(member_cfg),
                 seed=member_cfg.finetune.seed,
                 stop_requested=stop_requested,
+                advance=advance,
             )
     probs = total / len(records)
-    out = new_folder(model_dir / "predict")
+    out = new_folder(model_dir / "predict") if out is None else out
     labels = [classes[i] for i in probs.argmax(-1).tolist()]
     write_predictions(out / "predictions.csv", pictures.names, labels, probs, classes)
     summary: dict[str, Any] = {

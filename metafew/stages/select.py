@@ -15,6 +15,7 @@ from typing import Any
 from metafew.data.download import Progress as DownloadProgress
 from metafew.errors import ConfigError, DataError
 from metafew.files import ensure_writable
+from metafew.progress import Advance, silent
 from metafew.runs import resolve_run
 from metafew.selection import cross_validate, wilson_interval
 from metafew.stages.common import (
@@ -99,11 +100,13 @@ def select_run(
     folds: int = 5,
     report: Callable[[Estimate], None] = lambda e: None,
     stop_requested: StopRequested = lambda: False,
+    advance: Advance = silent,
 ) -> tuple[list[Estimate], Estimate, Estimate, FinetuneResult]:
     """Cross-validate every (run, candidate), `report` each estimate as it is done, estimate the
     best again on fresh folds (the third result; the best itself when there is one candidate),
     fine-tune it on all labeled pictures into its run's finetune/ folder. Labeled and unlabeled pictures
-    come from the first run's dataset unless given. Ties go to the earlier candidate."""
+    come from the first run's dataset unless given. Ties go to the earlier candidate. `advance`
+    hears the folds done over all estimates ("cross-validation folds"), then the final fine-tune."""
     if folds < 2:
         raise ConfigError(f"--folds {folds}: cross-validation needs at least 2 folds")
     runs = [resolve_run(r) for r in runs]
@@ -133,12 +136,21 @@ def select_run(
             )
     check_stop(stop_requested, "select", "after loading the pictures")
     pool = None if pictures is None else pictures.images
+    total = folds * (len(runs) * len(chosen) + (len(runs) * len(chosen) > 1))
+    finished = [0]
+
+    def fold_done(what: str, done: int, of: int) -> None:
+        advance("cross-validation folds", finished[0] + done, total)
+        if done == of:
+            finished[0] += of
 
     def estimate(run: Path, candidate: str, extra: tuple[str, ...] = ()) -> Estimate:
         cfg = run_config(run, [*overrides, *shlex.split(candidate), *extra], SECTIONS)
         learner, _ = meta_learner(run, cfg, which)
         started = time.perf_counter()
-        correct = cross_validate(cfg, learner, novel, pool, folds, stop_requested=stop_requested)
+        correct = cross_validate(
+            cfg, learner, novel, pool, folds, stop_requested=stop_requested, advance=fold_done
+        )
         return Estimate(run, candidate, int(correct.sum()), len(correct), time.perf_counter() - started)
 
     estimates = []
@@ -176,5 +188,6 @@ def select_run(
         source,
         {"selection": selection},
         stop_requested,
+        advance,
     )
     return estimates, best, confirmed, result

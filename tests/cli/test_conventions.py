@@ -7,7 +7,7 @@ import sys
 
 from metafew import __version__
 from metafew.cli import data as data_cli
-from tests.helpers import ok
+from helpers import ok
 
 
 def test_version_flag_prints_the_package_version() -> None:
