@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib.util
 import math
 import re
 import types
@@ -272,6 +273,11 @@ def _check_consistency(cfg: Config) -> None:
         raise ConfigError(
             f"model.head = {cfg.model.head!r}: protonet classifies by distance to class means and needs "
             "model.head=linear"
+        )
+    if cfg.logging.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError(
+            "logging.tensorboard = true needs the tensorboard package: pip install 'metafew[tensorboard]' "
+            "(or tensorboard), or set logging.tensorboard=false"
         )
     if cfg.data.channels not in (1, 3):
         raise ConfigError(f"data.channels = {cfg.data.channels}: must be 1 (grayscale) or 3 (RGB)")

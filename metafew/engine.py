@@ -28,6 +28,7 @@ from metafew.progress import Advance, silent
 from metafew.runs import append_metrics, read_metrics, truncate_metrics
 from metafew.system import resolve_device
 from metafew.tasks import Episode, EpisodeSampler
+from metafew.tracking import NoTracker, Tracker, open_tracker
 
 Progress = Callable[[int, int, dict[str, float]], None]
 """progress(iterations done, iterations in all, latest metrics)."""
@@ -188,13 +189,17 @@ def train(
     state = TrainState()
     if resume is not None:
         state = _restore(learner, opt, cfg, resume)
+    tracker: Tracker = NoTracker()
     if group.is_main:
         truncate_metrics(run, state.iteration)
+        tracker = open_tracker(cfg, run, state.iteration)
     sampler, val_sampler = training_samplers(cfg, data)
     spec = augment_spec(cfg) if cfg.train.augment else None
     validated = True
     if group.is_main and resume is not None and val_sampler is not None:
-        validated = _redo_cut_validation(cfg, run, learner, opt, state, val_sampler, stop_requested, advance)
+        validated = _redo_cut_validation(
+            cfg, run, learner, opt, state, val_sampler, stop_requested, advance, tracker
+        )
     if group.any(stop_requested() or not validated):  # every process, whatever it did before
         again = (
             "run the same command again to start"  # a new run's folder goes (launch.discard_if_unsaved)
@@ -239,7 +244,7 @@ def train(
             last, validated = state.iteration == a.iterations, True
             if group.is_main:  # the others wait in group.any below while rank 0 validates
                 validated = _log_and_validate(
-                    cfg, run, learner, opt, state, record, val_sampler, stop_requested, advance
+                    cfg, run, learner, opt, state, record, val_sampler, stop_requested, advance, tracker
                 )
             if state.iteration % a.checkpoint_every == 0 or last:
                 save_last()
@@ -256,9 +261,13 @@ def train(
                     f"stopped after iteration {state.iteration} (checkpointed); continue with "
                     f"`metafew train --resume {run}`"
                 )
+    except BaseException:
+        tracker.finish(state.best_accuracy, state.iteration, completed=False)
+        raise
     finally:
         if group.is_main:
             _plot(run)
+    tracker.finish(state.best_accuracy, state.iteration, completed=True)
     return state
 
 
@@ -272,6 +281,7 @@ def _log_and_validate(
     val_sampler: EpisodeSampler | None,
     stop_requested: Callable[[], bool],
     advance: Advance = silent,
+    tracker: Tracker | None = None,
 ) -> bool:
     """Metrics line, validation and best.pt after an outer step (main process only); adds the
     validation result to `record`. False when `stop_requested()` cut the validation short
@@ -279,9 +289,13 @@ def _log_and_validate(
     a, last = cfg.train, state.iteration == cfg.train.iterations
     if state.iteration % a.log_every == 0 or last:
         append_metrics(run, dict(record))
+        if tracker is not None:
+            tracker.log(record)
     if val_sampler is None or not _validation_due(cfg, state.iteration):
         return True
-    return _keep_validation(cfg, run, learner, opt, state, record, val_sampler, stop_requested, advance)
+    return _keep_validation(
+        cfg, run, learner, opt, state, record, val_sampler, stop_requested, advance, tracker
+    )
 
 
 def _validation_due(cfg: Config, iteration: int) -> bool:
@@ -299,6 +313,7 @@ def _keep_validation(
     val_sampler: EpisodeSampler,
     stop_requested: Callable[[], bool],
     advance: Advance = silent,
+    tracker: Tracker | None = None,
 ) -> bool:
     """Validate after iteration `state.iteration`: its metrics line, best.pt if it is the best so
     far, the result added to `record`. False when `stop_requested()` cut it short: then nothing
@@ -314,6 +329,8 @@ def _keep_validation(
     if "elapsed_s" in record:  # when validation ended; a validation redone on resume has no time
         line["elapsed_s"] = record["elapsed_s"] + (time.perf_counter() - validated_from)
     append_metrics(run, line)
+    if tracker is not None:
+        tracker.log(line)
     if state.best_accuracy is None or mean > state.best_accuracy:
         state.best_accuracy, state.best_iteration = mean, state.iteration
         _checkpoint(run, "best", learner, opt, state, cfg)
@@ -329,6 +346,7 @@ def _redo_cut_validation(
     val_sampler: EpisodeSampler,
     stop_requested: Callable[[], bool],
     advance: Advance = silent,
+    tracker: Tracker | None = None,
 ) -> bool:
     """On resume (main process): the validation after the checkpointed step, if a stop cut it
     short (metrics.jsonl has no line for it), so that the continuation equals a run that was
@@ -339,7 +357,7 @@ def _redo_cut_validation(
         r.get("iteration") == it and "val_accuracy" in r for r in read_metrics(run)
     ):
         return True
-    if not _keep_validation(cfg, run, learner, opt, state, {}, val_sampler, stop_requested, advance):
+    if not _keep_validation(cfg, run, learner, opt, state, {}, val_sampler, stop_requested, advance, tracker):
         return False
     if state.best_iteration == it:
         _checkpoint(run, "last", learner, opt, state, cfg)

@@ -48,6 +48,7 @@ RESUMABLE_KEYS = frozenset(
         "train.log_every",
         "train.checkpoint_every",
         "train.runs_dir",  # the folder may have been moved or named by another path
+        "logging.tensorboard",  # where metrics are copied, not what is trained
     }
 )
 """Config keys that may differ between a run and its resumption (they do not change the maths)."""

@@ -202,6 +202,15 @@ class TrainConfig:
 
 
 @dataclass
+class LoggingConfig:
+    """Where training metrics go besides <run>/metrics.jsonl and learning_curve.png."""
+
+    tensorboard: bool = param(
+        False, "also write TensorBoard event files to <run>/tensorboard (pip install 'metafew[tensorboard]')"
+    )
+
+
+@dataclass
 class RuntimeConfig:
     """Where and how the computation runs, for every command (train, eval, finetune, predict);
     none of it changes the maths."""
@@ -321,4 +330,5 @@ class Config:
     augment: AugmentConfig = section(AugmentConfig)
     finetune: FinetuneConfig = section(FinetuneConfig)
     eval: EvalConfig = section(EvalConfig)
+    logging: LoggingConfig = section(LoggingConfig)
     runtime: RuntimeConfig = section(RuntimeConfig)
