@@ -96,18 +96,29 @@ def new_file(parent: Path, suffix: str) -> Path:
         raise RunError(f"cannot write in {str(parent)!r}: {exc.strerror}; make the folder writable") from None
 
 
-def _git_sha() -> str | None:
+def _git(*args: str) -> str | None:
+    """`git ARGS` in metafew's own source folder: its output, or None outside a clone."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            cwd=Path(__file__).parent,
+            ["git", *args], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
         )
     except (OSError, subprocess.SubprocessError):
         return None
-    return out.stdout.strip() or None
+    return out.stdout if out.returncode == 0 else None
+
+
+def _git_dirty() -> bool | None:
+    """Whether metafew's clone has uncommitted changes to tracked files (None: not a clone)."""
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return None if status is None else bool(status.strip())
+
+
+def installed_packages() -> dict[str, str]:
+    """Every installed distribution and its version (what `pip freeze` lists), sorted by name."""
+    from importlib.metadata import distributions
+
+    found = {d.metadata["Name"]: d.version for d in distributions() if d.metadata["Name"]}
+    return dict(sorted(found.items(), key=lambda item: item[0].lower()))
 
 
 def environment(device: str, plan: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -120,7 +131,8 @@ def environment(device: str, plan: dict[str, Any] | None = None) -> dict[str, An
         "python": platform.python_version(),
         "torch": torch.__version__,
         "numpy": numpy.__version__,
-        "git_sha": _git_sha(),
+        "git_sha": (_git("rev-parse", "HEAD") or "").strip() or None,
+        "git_dirty": _git_dirty(),
         "command": sys.argv,
         "device": device,
         "cuda": torch.cuda.get_device_name() if device.startswith("cuda") else None,
@@ -129,6 +141,7 @@ def environment(device: str, plan: dict[str, Any] | None = None) -> dict[str, An
         "platform": platform.platform(),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         **(plan or {}),
+        "packages": installed_packages(),
     }
 
 

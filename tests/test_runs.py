@@ -176,7 +176,28 @@ def test_create_run_writes_config_and_env(tiny_cfg: Config, tmp_path: Path) -> N
     assert env["device"] == "cpu"
     assert env["metafew"] == metafew.__version__
     assert env["git_sha"] is None or re.fullmatch(r"[0-9a-f]{40}", env["git_sha"])
+    assert env["git_dirty"] in (None, True, False) and (env["git_dirty"] is None) == (env["git_sha"] is None)
+    assert env["packages"]["torch"] == torch.__version__ and "numpy" in env["packages"]
     assert leftovers(run) == []
+
+
+def test_git_dirty_follows_uncommitted_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The flag reads `git status` of metafew's source folder: a scratch clone's changes show."""
+    import subprocess
+
+    import metafew.runs as runs_module
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    git("add", "code.py")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    monkeypatch.setattr(runs_module, "__file__", str(tmp_path / "code.py"))
+    assert runs_module._git_dirty() is False
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert runs_module._git_dirty() is True
 
 
 def test_create_run_round_trips_a_changed_config(tmp_path: Path) -> None:
@@ -496,15 +517,17 @@ def test_summarize_run(tiny_cfg: Config) -> None:
     assert summary.dataset == "glyphs"
     assert summary.algorithm == "maml"
     assert summary.setting == "3-way 2-shot"
-    assert summary.iteration == 4 and summary.iterations == 4
+    # no checkpoint: nothing to resume from, whatever metrics.jsonl says (runs_table's tests
+    # read the checkpointed iteration of real runs)
+    assert summary.iteration == 0 and summary.iterations == 4 and summary.status == "new"
     assert summary.best_val == 0.55
-    assert summary.test == "61.23 ± 4.56%"
+    assert summary.test_text == "61.23 ± 4.56%"
 
 
 def test_summarize_run_without_metrics_or_eval(tmp_path: Path) -> None:
     cfg = load_config(None, [f"train.runs_dir={tmp_path}", "algorithm.first_order=true", "task.shots=1"])
     summary = summarize_run(make_run(cfg, []))
-    assert summary.algorithm == "maml (1st order)"
+    assert summary.algorithm == "maml" and summary.first_order
     assert summary.setting == "5-way 1-shot"
     assert summary.iteration == 0 and summary.iterations == 300
     assert summary.best_val is None and summary.test is None
@@ -529,8 +552,9 @@ def test_list_runs(tiny_cfg: Config, tmp_path: Path, monkeypatch: pytest.MonkeyP
     (runs_dir / "not_a_run").mkdir()
     (runs_dir / "stray.txt").write_text("x")
     rows = list_runs(runs_dir)
-    assert [r.path for r in rows] == [first, third]
-    assert rows[0].best_val == 0.3 and rows[1].iteration == 3
+    assert [r.path for r in rows] == [first, broken, third]
+    assert [r.status for r in rows] == ["new", "unreadable", "new"]
+    assert rows[0].best_val == 0.3 and "config.yaml" in rows[1].note
     assert list_runs(tmp_path / "absent") == []
 
 
