@@ -346,5 +346,43 @@ def describe_keys(cls: type = Config, prefix: str = "") -> list[tuple[str, Any, 
         if _is_section(tp):
             rows.extend(describe_keys(tp, f"{prefix}{f.name}."))
         else:
-            rows.append((prefix + f.name, getattr(defaults, f.name), f.metadata.get("help", "")))
+            help_text = f.metadata.get("help", "")
+            accepted = allowed_values(dict(f.metadata))
+            rows.append(
+                (
+                    prefix + f.name,
+                    getattr(defaults, f.name),
+                    help_text + (f" [{accepted}]" if accepted else ""),
+                )
+            )
     return rows
+
+
+def allowed_values(meta: dict[str, Any]) -> str:
+    """What a field accepts in words (`one of: a, b`, `>= 1`), empty when anything of its type goes."""
+    choices = choices_of(meta)
+    if choices:
+        return "one of: " + ", ".join(choices)
+    words = {"ge": ">=", "gt": ">", "le": "<="}
+    return ", ".join(f"{words[key]} {meta[key]:g}" for key in words if meta.get(key) is not None)
+
+
+def format_default(value: Any) -> str:
+    """A default as YAML would spell it (null, true, 0.001, glyphs), for tables."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return f"{value:g}"
+    return str(value)
+
+
+def keys_markdown() -> str:
+    """Every config key as a markdown table (key, default, meaning and accepted values): the
+    README's reference table is this text, and a test keeps the two equal."""
+    lines = ["| key | default | meaning |", "|---|---|---|"]
+    for key, default, help_text in describe_keys():
+        text = help_text.replace("|", "\\|")
+        lines.append(f"| `{key}` | `{format_default(default)}` | {text} |")
+    return "\n".join(lines) + "\n"
