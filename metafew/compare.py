@@ -46,14 +46,20 @@ class Entry:
     error: str | None = None
 
 
+def start_metafew(args: list[str], log: Path, append: bool = False) -> subprocess.Popen[bytes]:
+    """Start `python -m metafew ARGS` (this interpreter) with stdout and stderr going to `log`,
+    truncated first unless `append`; shared by `compare` and `sweep`."""
+    with log.open("a" if append else "w", encoding="utf-8") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "metafew", *args], stdout=out, stderr=subprocess.STDOUT
+        )
+
+
 def run_metafew(args: list[str], log: Path) -> Step:
     """Run `python -m metafew ARGS`, output to `log`; its own wall time and peak RSS."""
     started = time.perf_counter()
-    with log.open("w", encoding="utf-8") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "metafew", *args], stdout=out, stderr=subprocess.STDOUT
-        )
-        _, status, usage = os.wait4(proc.pid, 0)
+    proc = start_metafew(args, log)
+    _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - started
     return Step(proc.returncode, seconds, usage.ru_maxrss / 1024, log.read_text(encoding="utf-8"))

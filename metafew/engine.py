@@ -20,12 +20,12 @@ from metafew.data import FewShotData
 from metafew.distributed import Group, Solo
 from metafew.errors import DivergedError, Interrupted, RunError
 from metafew.evaluation import confidence_interval, evaluate
-from metafew.files import write_text_atomic
+from metafew.files import write_json, write_text_atomic
 from metafew.functional import Params
 from metafew.learner import Learner, build_learner, load_params
 from metafew.plots import plot_learning_curve
 from metafew.progress import Advance, silent
-from metafew.runs import append_metrics, read_metrics, truncate_metrics
+from metafew.runs import DIVERGED_FILE, DONE_FILE, append_metrics, read_metrics, truncate_metrics
 from metafew.system import resolve_device
 from metafew.tasks import Episode, EpisodeSampler
 from metafew.tracking import NoTracker, Tracker, open_tracker
@@ -41,6 +41,8 @@ class TrainState:
     iteration: int = 0
     best_accuracy: float | None = None
     best_iteration: int = 0
+    finished: str | None = None
+    """Why training ended by itself (iterations, time_limit, early_stopping); not checkpointed."""
 
 
 def build_optimizer(cfg: Config, params: Params) -> torch.optim.Optimizer:
@@ -209,8 +211,15 @@ def train(
         raise Interrupted(f"stopped before iteration {state.iteration + 1}, nothing trained yet; {again}")
     started, done_at_start = time.perf_counter(), state.iteration
     # wall time continues across resumes from the last line kept (learning curves against time)
-    before = (read_metrics(run) if group.is_main else []) or [{}]
-    offset = float(before[-1].get("elapsed_s", 0.0))
+    before = read_metrics(run) if group.is_main else []
+    offset = float((before or [{}])[-1].get("elapsed_s", 0.0))
+    validations = [r["iteration"] for r in before if "val_accuracy" in r]  # for train.patience
+    if group.is_main:
+        (run / DONE_FILE).unlink(missing_ok=True)  # training again: done.json comes back at the end
+    state.finished = _budget_spent(cfg, group, offset, validations, state)
+    if state.finished is not None:  # resumed at or past its time limit or patience: nothing to do
+        _finish(run, group, state, offset)
+        return state
     saved_at = [state.iteration]
 
     def save_last() -> None:
@@ -241,11 +250,20 @@ def train(
             elapsed = time.perf_counter() - started
             record["tasks_per_s"] = (state.iteration - done_at_start) * a.meta_batch_size / max(elapsed, 1e-9)
             record["elapsed_s"] = offset + elapsed
-            last, validated = state.iteration == a.iterations, True
+            if state.iteration == a.iterations:
+                state.finished = "iterations"
+            elif a.time_limit is not None and group.any(offset + elapsed >= 60 * a.time_limit):
+                state.finished = "time_limit"  # this step is the last: validated and checkpointed
+            last, validated = state.finished is not None, True
             if group.is_main:  # the others wait in group.any below while rank 0 validates
                 validated = _log_and_validate(
-                    cfg, run, learner, opt, state, record, val_sampler, stop_requested, advance, tracker
+                    cfg, run, learner, opt, state, record, val_sampler, stop_requested, advance, tracker, last
                 )
+                if "val_accuracy" in record:
+                    validations.append(state.iteration)
+            patient = not last and a.patience is not None and val_sampler is not None
+            if patient and group.any(_patience_spent(a.patience or 0, validations, state.best_iteration)):
+                state.finished, last = "early_stopping", True
             if state.iteration % a.checkpoint_every == 0 or last:
                 save_last()
             if progress is not None:
@@ -261,14 +279,52 @@ def train(
                     f"stopped after iteration {state.iteration} (checkpointed); continue with "
                     f"`metafew train --resume {run}`"
                 )
-    except BaseException:
+            if last:
+                save_last()
+                break
+    except BaseException as exc:
         tracker.finish(state.best_accuracy, state.iteration, completed=False)
+        if isinstance(exc, DivergedError) and group.is_main:  # for `metafew runs`: diverged, not stopped
+            with contextlib.suppress(OSError):
+                write_json(run / DIVERGED_FILE, {"iteration": state.iteration + 1, "message": str(exc)})
         raise
     finally:
         if group.is_main:
             _plot(run)
     tracker.finish(state.best_accuracy, state.iteration, completed=True)
+    _finish(run, group, state, offset + time.perf_counter() - started)
     return state
+
+
+def _budget_spent(
+    cfg: Config, group: Group, elapsed: float, validations: list[int], state: TrainState
+) -> str | None:
+    """Why a resumed run has nothing left to train (its time limit or patience already spent;
+    train.iterations is the loop's own bound), or None."""
+    a = cfg.train
+    if state.iteration >= a.iterations:
+        return "iterations"
+    if state.iteration == 0:
+        return None
+    if a.time_limit is not None and group.any(elapsed >= 60 * a.time_limit):
+        return "time_limit"
+    if a.patience is not None and group.any(_patience_spent(a.patience, validations, state.best_iteration)):
+        return "early_stopping"
+    return None
+
+
+def _patience_spent(patience: int, validations: list[int], best_iteration: int) -> bool:
+    """Early stopping: `patience` validations in a row came after the best one without beating it."""
+    return sum(1 for it in validations if it > best_iteration) >= patience
+
+
+def _finish(run: Path, group: Group, state: TrainState, elapsed: float) -> None:
+    """done.json: the run ended by itself (train.iterations, train.time_limit or train.patience)."""
+    if group.is_main and state.finished is not None:
+        write_json(
+            run / DONE_FILE,
+            {"iteration": state.iteration, "reason": state.finished, "elapsed_s": elapsed},
+        )
 
 
 def _log_and_validate(
@@ -282,19 +338,20 @@ def _log_and_validate(
     stop_requested: Callable[[], bool],
     advance: Advance = silent,
     tracker: Tracker | None = None,
+    last: bool = False,
 ) -> bool:
     """Metrics line, validation and best.pt after an outer step (main process only); adds the
     validation result to `record`. False when `stop_requested()` cut the validation short
     (`_keep_validation`)."""
-    a, last = cfg.train, state.iteration == cfg.train.iterations
+    a, last = cfg.train, last or state.iteration == cfg.train.iterations
     if state.iteration % a.log_every == 0 or last:
         append_metrics(run, dict(record))
         if tracker is not None:
             tracker.log(record)
-    if val_sampler is None or not _validation_due(cfg, state.iteration):
+    if val_sampler is None or not (last or _validation_due(cfg, state.iteration)):
         return True
     return _keep_validation(
-        cfg, run, learner, opt, state, record, val_sampler, stop_requested, advance, tracker
+        cfg, run, learner, opt, state, record, val_sampler, stop_requested, advance, tracker, last
     )
 
 
@@ -314,13 +371,14 @@ def _keep_validation(
     stop_requested: Callable[[], bool],
     advance: Advance = silent,
     tracker: Tracker | None = None,
+    final: bool = False,
 ) -> bool:
     """Validate after iteration `state.iteration`: its metrics line, best.pt if it is the best so
     far, the result added to `record`. False when `stop_requested()` cut it short: then nothing
     is written and best.pt is left as it was."""
     validated_from = time.perf_counter()
     try:
-        final = state.iteration == cfg.train.iterations
+        final = final or state.iteration == cfg.train.iterations
         mean, ci = _validate(cfg, learner, val_sampler, stop_requested, final, advance)
     except Interrupted:
         return False

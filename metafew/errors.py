@@ -54,6 +54,7 @@ EXIT_CODES: dict[int, str] = {
     5: "training diverged (non-finite loss or gradient); checkpoints were left untouched",
     130: (
         "interrupted by SIGINT, SIGTERM or SIGUSR1: train checkpointed its last completed iteration "
-        "(if any); eval, finetune and predict wrote nothing"
+        "(if any); eval, finetune and predict wrote nothing; sweep passed the signal to its running "
+        "points and recorded them (continue with --resume)"
     ),
 }

@@ -47,8 +47,8 @@ def first_sentence(text: str) -> str:
 def _unknown(spec: str) -> ConfigError:
     names = ", ".join(shipped())
     return ConfigError(
-        f"config {spec!r}: no such file and no shipped preset of that name; give a path to a YAML "
-        f"file or one of: {names} (metafew configs list)"
+        f"config {spec!r} not found: no such file and no shipped preset of that name; give a path to "
+        f"a YAML file or one of: {names} (metafew configs list)"
     )
 
 
@@ -63,6 +63,10 @@ def resolve(spec: str | Path) -> Path:
     bare = path.parent == Path(".")
     if (bare or path.parent.name == "configs") and name in shipped():
         return shipped()[name]
+    if not bare and path.parent.name != "configs":
+        raise ConfigError(
+            f"config file {str(spec)!r} not found: check the path (shipped presets: metafew configs list)"
+        )
     raise _unknown(str(spec))
 
 

@@ -49,6 +49,8 @@ RESUMABLE_KEYS = frozenset(
         "train.checkpoint_every",
         "train.runs_dir",  # the folder may have been moved or named by another path
         "logging.tensorboard",  # where metrics are copied, not what is trained
+        "train.time_limit",  # when a run ends, not what each step computes
+        "train.patience",
     }
 )
 """Config keys that may differ between a run and its resumption (they do not change the maths)."""
@@ -297,7 +299,29 @@ def _claimed_elsewhere(run: Path) -> bool:
     return False
 
 
+DONE_FILE = "done.json"
+"""<run>/done.json: written when training ends by itself ({iteration, reason: iterations |
+time_limit | early_stopping, elapsed_s}); a resume that trains further removes it."""
+
+
+DIVERGED_FILE = "diverged.json"
+"""Written by training that stopped on a non-finite loss (DivergedError): {"iteration": the step
+that diverged, "message": the error}. Stale once a later checkpoint exists."""
+
+
+def read_done(run: Path) -> dict[str, Any] | None:
+    """The run's done.json, or None (still to train, stopped by a signal, or unreadable)."""
+    try:
+        done = json.loads((run / DONE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return done if isinstance(done, dict) else None
+
+
 def _unfinished(run: Path, iterations: int) -> bool:
+    done = read_done(run)
+    if done is not None and done.get("reason") in ("time_limit", "early_stopping"):
+        return False  # ended by its budget: a new `--resume RUN` with a larger one continues it
     try:
         state, _ = load_resume_checkpoint(run)
     except RunError:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 
 import torch
+from helpers import TINY_ARGS
 from rich.console import Console
 
 from metafew.cli import common
@@ -16,7 +17,6 @@ from metafew.evaluation import evaluate
 from metafew.finetuning import fit, predict_proba
 from metafew.learner import build_learner
 from metafew.selection import cross_validate
-from helpers import TINY_ARGS
 
 
 def _learner():

@@ -1,7 +1,8 @@
 """The `metafew` command line: parse -> call one library function -> report. Typer lives here
 only; user errors (metafew.errors) become one line on stderr and the documented exit code (see
-`metafew exit-codes`). One module per command group: train, use (finetune, select, predict, eval), info
-(runs, compare, config, exit-codes), data."""
+`metafew exit-codes`). One module per command group: train, use (finetune, select, predict, eval),
+info (runs, compare, config, exit-codes), plot, sweep, export, presets (configs list|cp), data.
+Every module imports torch inside its commands only, so `--help` and `--version` stay fast."""
 
 from __future__ import annotations
 
@@ -14,6 +15,9 @@ import typer
 from metafew import __version__
 from metafew.cli import data, info, presets, use
 from metafew.cli import train as train_command
+from metafew.cli.export import export as export_command
+from metafew.cli.plot import plot as plot_command
+from metafew.cli.sweep import sweep as sweep_command
 from metafew.errors import Interrupted
 
 app = typer.Typer(
@@ -45,8 +49,11 @@ app.command()(use.finetune)
 app.command()(use.select)
 app.command()(use.predict)
 app.command("eval")(use.evaluate)
+app.command("export")(export_command)
 app.command()(info.runs)
+app.command("plot")(plot_command)
 app.command("compare")(info.compare_configs)
+app.command("sweep")(sweep_command)
 app.command("config")(info.show_config)
 app.command("exit-codes")(info.exit_codes)
 app.add_typer(data.data_app, name="data")

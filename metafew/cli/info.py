@@ -2,42 +2,107 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from metafew.cli.common import ConfigFiles, Overrides, console, user_errors
-from metafew.errors import EXIT_CODES
+from metafew.cli.common import ConfigFiles, Overrides, console, note, user_errors
+from metafew.errors import EXIT_CODES, ConfigError
+
+if TYPE_CHECKING:
+    from metafew.runs_table import RunSummary
 
 
 def runs(
-    root: Annotated[Path, typer.Option(help="folder holding run folders")] = Path("runs"),
+    config: ConfigFiles = None,
+    overrides: Overrides = None,
+    root: Annotated[
+        Path | None,
+        typer.Option(
+            help="folder holding run and sweep folders (default: the config's train.runs_dir, runs)"
+        ),
+    ] = None,
+    sort: Annotated[
+        str | None,
+        typer.Option(
+            help="order by a row key (name, started, status, best_val, test, finetune, select, "
+            "predict, iteration, ...) or a dotted config key; results best first"
+        ),
+    ] = None,
+    reverse: Annotated[bool, typer.Option(help="turn the --sort order round")] = False,
+    filters: Annotated[
+        list[str] | None,
+        typer.Option("--filter", help="keep rows where key=value (wildcards: name=*maml*); repeat to AND"),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the rows as a JSON list")] = False,
 ) -> None:
-    """Table of runs with their key metrics."""
-    from metafew.runs_table import list_runs
+    """Table of runs (and sweeps' runs): status, checkpointed iteration, validation, test, fine-tune."""
+    from metafew.runs_table import filter_runs, list_runs, sort_runs
 
-    rows = list_runs(root)
-    if not rows:
-        console.print(f"no runs under {root}", highlight=False)
+    with user_errors():
+        folder = _runs_root(root, config, overrides)
+        rows = filter_runs(list_runs(folder), filters or [])
+        if sort is not None:
+            rows = sort_runs(rows, sort, reverse)
+    if as_json:
+        typer.echo(json.dumps([r.row() for r in rows], indent=2))
         return
-    header = ("run", "dataset", "algorithm", "setting", "iterations", "best val", "test (95% CI)")
-    lines = [
-        (
-            r.path.name,
-            r.dataset,
-            r.algorithm,
-            r.setting,
-            f"{r.iteration}/{r.iterations}",
-            "-" if r.best_val is None else f"{100 * r.best_val:.1f}%",
-            r.test or "-",
-        )
-        for r in rows
+    for r in rows:
+        if r.status == "unreadable":
+            note(f"warning: {r.path}: {r.note}")
+    if not rows:
+        matching = " matching " + " ".join(filters) if filters else ""
+        console.print(f"no runs under {folder}{matching}", highlight=False)
+        return
+    _print_runs(rows)
+
+
+def _runs_root(root: Path | None, config: list[str] | None, overrides: list[str] | None) -> Path:
+    """--root, else train.runs_dir of the config (files and overrides), else its default."""
+    if root is None:
+        from metafew.config_load import load_config
+
+        return Path(load_config(config, overrides or []).train.runs_dir)
+    if config or overrides:
+        raise ConfigError("--root and a config (-c / overrides) both name the runs folder: give one of them")
+    return root
+
+
+def _print_runs(rows: list[RunSummary]) -> None:
+    """The rows as a table (a terminal) or tab-separated lines (pipes and job logs); columns no row
+    has a value for are left out."""
+
+    def percent(value: float | None) -> str:
+        return "-" if value is None else f"{100 * value:.1f}%"
+
+    columns: list[tuple[str, Callable[[RunSummary], str]]] = [
+        ("run", lambda r: r.name),
+        ("sweep", lambda r: r.sweep or "-"),
+        ("status", lambda r: r.status),
+        ("dataset", lambda r: r.dataset or "-"),
+        ("algorithm", lambda r: r.algorithm + (" (1st order)" if r.first_order else "") or "-"),
+        ("setting", lambda r: r.setting or "-"),
+        ("iterations", lambda r: f"{r.iteration}/{r.iterations}" if r.iterations else "-"),
+        ("best val", lambda r: percent(r.best_val)),
+        ("test (95% CI)", lambda r: r.test_text or "-"),
+        ("finetune (labeled)", lambda r: percent(r.finetune)),
+        ("select estimate", lambda r: percent(r.select)),
+        ("predict", lambda r: percent(r.predict)),
     ]
-    if not console.is_terminal:  # pipes and job logs: full names, tab-separated
+    optional = {"sweep", "finetune (labeled)", "select estimate", "predict"}
+    cells = [[show(r) for r in rows] for _, show in columns]
+    keep = [
+        k for k, (name, _) in enumerate(columns) if name not in optional or any(c != "-" for c in cells[k])
+    ]
+    header = [columns[k][0] for k in keep]
+    lines = [[cells[k][i] for k in keep] for i in range(len(rows))]
+    if not console.is_terminal:  # pipes and job logs: full names, tab-separated (rich would expand tabs)
         for line in (header, *lines):
-            console.print("\t".join(line))
+            typer.echo("\t".join(line))
         return
     table = Table(*header)
     table.columns[0].no_wrap = True
@@ -72,14 +137,20 @@ def show_config(
     config: ConfigFiles = None,
     overrides: Overrides = None,
     keys: Annotated[bool, typer.Option(help="list every key with its default and meaning")] = False,
+    markdown: Annotated[bool, typer.Option(help="with --keys: as the README's markdown table")] = False,
 ) -> None:
     """Print the resolved config (defaults <- file <- overrides), or all keys."""
-    from metafew.config_load import describe_keys, dump_yaml, load_config
+    from metafew.config_load import describe_keys, dump_yaml, format_default, keys_markdown, load_config
 
     with user_errors():
+        if keys and markdown:
+            console.print(keys_markdown(), highlight=False, end="")
+            return
         if keys:
             for key, default, help_text in describe_keys():
-                console.print(f"{key} = {default!r}  # {help_text}", highlight=False, soft_wrap=True)
+                console.print(
+                    f"{key} = {format_default(default)}  # {help_text}", highlight=False, soft_wrap=True
+                )
             return
         console.print(dump_yaml(load_config(config, overrides or [])), highlight=False, end="")
 

@@ -20,9 +20,9 @@ configs_app = typer.Typer(
 def configs_list() -> None:
     """Every shipped config by name (usable as `--config NAME`), with what it sets up."""
     rows = [(name, first_sentence(describe(path)[1])) for name, path in shipped().items()]
-    if not console.is_terminal:  # pipes and job logs: tab-separated
+    if not console.is_terminal:  # pipes and job logs: tab-separated (typer.echo keeps the tabs)
         for name, text in rows:
-            say(f"{name}\t{text}")
+            typer.echo(f"{name}\t{text}")
         return
     table = Table("name", "what", show_lines=False)
     table.columns[0].no_wrap = True

@@ -226,9 +226,10 @@ def _train(
             if result.best_accuracy is None
             else f"{100 * result.best_accuracy:.2f}% at {result.best_iteration}"
         )
+        why = {"time_limit": " (train.time_limit reached)", "early_stopping": " (train.patience ran out)"}
         say(
-            f"done: {result.iteration} iterations in {time.perf_counter() - started:.0f}s; "
-            f"best validation {best}",
+            f"done: {result.iteration} iterations{why.get(result.finished or '', '')} in "
+            f"{time.perf_counter() - started:.0f}s; best validation {best}",
             highlight=False,
         )
         if hint:

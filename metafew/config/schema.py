@@ -197,6 +197,14 @@ class TrainConfig:
     final_val_episodes: int | None = param(
         None, "episodes of the validation after the last iteration (null: train.val_episodes)", ge=1
     )
+    time_limit: float | None = param(
+        None,
+        "minutes of training (over all resumes), then a last validation and checkpoint",
+        gt=0,
+    )
+    patience: int | None = param(
+        None, "early stopping: end after this many validations without a new best (null: never)", ge=1
+    )
     log_every: int = param(10, "write a metrics line every this many iterations", ge=1)
     checkpoint_every: int = param(50, "save checkpoints/last.pt every this many iterations", ge=1)
 

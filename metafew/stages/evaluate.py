@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from metafew.data.download import Progress as DownloadProgress
 from metafew.evaluation import confidence_interval, evaluate, queries_per_class
 from metafew.files import ensure_writable, write_json
 from metafew.launch import load_run_data
+from metafew.plots import plot_episode_histogram
 from metafew.progress import Advance, silent
 from metafew.runs import new_file, resolve_run
 from metafew.selection import evaluate_recipe
@@ -99,4 +101,11 @@ def evaluate_run(
     }
     path = new_file(run / "eval", ".json")
     write_json(path, summary)
+    with contextlib.suppress(OSError):  # the figure is a view of the JSON: a full disk keeps the JSON
+        plot_episode_histogram(
+            accs.tolist(),
+            path.with_suffix(".png"),
+            f"{cfg.task.ways}-way {cfg.task.shots}-shot, {cfg.eval.episodes} test episodes "
+            f"({which} checkpoint, iteration {saved.iteration})",
+        )
     return EvalResult(path, summary)

@@ -55,6 +55,13 @@ def train_run(runs_dir: Path, *extra: str) -> Path:
     return run
 
 
+def only_json(folder: Path) -> Path:
+    """The single evaluation result in `folder` (beside it: its histogram, the same name .png)."""
+    (found,) = folder.glob("*.json")
+    assert found.with_suffix(".png").is_file()
+    return found
+
+
 def snapshot(folder: Path) -> dict[str, bytes]:
     """Every file under `folder` with its bytes."""
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
@@ -129,7 +136,7 @@ def story(tmp_path_factory: pytest.TempPathFactory) -> Story:
     predicted = ok("predict", finetune_dir)
     predict_dir = only_child(finetune_dir / "predict")
     evaluated = ok("eval", run)
-    eval_file = only_child(run / "eval")
+    eval_file = only_json(run / "eval")
     return Story(
         runs_dir,
         run,
@@ -233,16 +240,16 @@ def test_eval_is_reproducible_and_takes_eval_overrides(story: Story, tmp_path: P
     shutil.copytree(story.run, run)
     shutil.rmtree(run / "eval")
     ok("eval", run)
-    again = json.loads(only_child(run / "eval").read_text())
+    again = json.loads(only_json(run / "eval").read_text())
     first = json.loads(story.eval_file.read_text())
     assert again["per_episode"] == first["per_episode"]  # seeded episodes
     shutil.rmtree(run / "eval")
     ok("eval", run, "--checkpoint", "last", "eval.episodes=3")
-    third = json.loads(only_child(run / "eval").read_text())
+    third = json.loads(only_json(run / "eval").read_text())
     assert third["episodes"] == len(third["per_episode"]) == 3 and third["checkpoint"] == "last"
     shutil.rmtree(run / "eval")
     ok("eval", run, "eval.norm=support", "eval.episodes=2")
-    assert json.loads(only_child(run / "eval").read_text())["norm"] == "support"
+    assert json.loads(only_json(run / "eval").read_text())["norm"] == "support"
 
 
 def test_runs_lists_the_run(story: Story) -> None:

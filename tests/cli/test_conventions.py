@@ -5,9 +5,10 @@ from __future__ import annotations
 import subprocess
 import sys
 
+from helpers import ok
+
 from metafew import __version__
 from metafew.cli import data as data_cli
-from helpers import ok
 
 
 def test_version_flag_prints_the_package_version() -> None:
