@@ -214,7 +214,8 @@ class LoggingConfig:
     """Where training metrics go besides <run>/metrics.jsonl and learning_curve.png."""
 
     tensorboard: bool = param(
-        False, "also write TensorBoard event files to <run>/tensorboard (pip install 'metafew[tensorboard]')"
+        False,
+        "also write TensorBoard event files to the run's tensorboard/ folder (pip install 'metafew[tensorboard]')",
     )
 
 
