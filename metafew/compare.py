@@ -18,6 +18,7 @@ from pathlib import Path
 
 from metafew.errors import MetafewError, RunError
 from metafew.files import write_json, write_text_atomic
+from metafew.progress import Advance, silent
 from metafew.runs import new_folder
 
 
@@ -85,10 +86,19 @@ def _latest_json(folder: Path, pattern: str) -> dict:
 
 
 def compare_one(
-    label: str, config: Path, overrides: list[str], out: Path, episodes: int, seed: int, predict: bool
+    label: str,
+    config: Path,
+    overrides: list[str],
+    out: Path,
+    episodes: int,
+    seed: int,
+    predict: bool,
+    stage: Callable[[str], None] = lambda name: None,
 ) -> Entry:
-    """Train, evaluate and (when answers exist) fine-tune + predict one config."""
+    """Train, evaluate and (when answers exist) fine-tune + predict one config; `stage(name)`
+    before each of those stages."""
     entry = Entry(label, str(config))
+    stage("train")
     train = run_metafew(["train", "--config", str(config), *overrides], out / f"{label}.train.log")
     if train.code != 0:
         entry.error = f"train exited {train.code}: {_last_line(train.stdout)}"
@@ -96,6 +106,7 @@ def compare_one(
     run = _run_folder(train.stdout)
     entry.run, entry.train_seconds, entry.peak_mb = str(run), train.seconds, train.peak_mb
     eval_args = ["eval", str(run), f"eval.episodes={episodes}", f"eval.seed={seed}"]
+    stage("eval")
     evaluation = run_metafew(eval_args, out / f"{label}.eval.log")
     if evaluation.code != 0:
         entry.error = f"eval exited {evaluation.code}: {_last_line(evaluation.stdout)}"
@@ -103,6 +114,7 @@ def compare_one(
     result = _latest_json(run / "eval", "*.json")
     entry.accuracy, entry.ci95 = result["accuracy"], result["ci95"]
     if predict:
+        stage("finetune + predict")
         tuned = run_metafew(["finetune", str(run)], out / f"{label}.finetune.log")
         folders = (
             sorted((run / "finetune").glob("*"), key=lambda p: p.stat().st_mtime_ns)
@@ -139,18 +151,32 @@ def compare(
     seed: int,
     predict: bool,
     progress: Callable[[str], None] | None = None,
+    advance: Advance = silent,
 ) -> tuple[Path, list[Entry]]:
     """Run every config (same overrides, same `episodes` test episodes of stream `seed`); write
-    comparison.md and comparison.json into a new folder under `out_root`."""
+    comparison.md and comparison.json into a new folder under `out_root`. `progress` hears
+    "<config>: <stage>" as each stage starts, `advance("stages", done, total)` as each ends."""
     labels = [c.stem for c in configs]
     if len(set(labels)) != len(labels):
         raise MetafewError("two configs share a file name; the names label the table rows")
     out = new_folder(out_root, "compare")
     entries = []
+    per_config = 3 if predict else 2
+    total, finished = per_config * len(configs), 0
     for label, config in zip(labels, configs):
-        if progress is not None:
-            progress(f"{label}: training")
-        entries.append(compare_one(label, config, overrides, out, episodes, seed, predict))
+        first = finished
+
+        def stage(name: str, label: str = label) -> None:
+            nonlocal finished
+            if name != "train":  # the config's previous stage is over
+                finished += 1
+                advance("stages", finished, total)
+            if progress is not None:
+                progress(f"{label}: {name}")
+
+        entries.append(compare_one(label, config, overrides, out, episodes, seed, predict, stage))
+        finished = first + per_config  # a failed stage skips the rest of its config
+        advance("stages", finished, total)
         summary = {
             "episodes": episodes,
             "seed": seed,

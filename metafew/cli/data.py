@@ -50,6 +50,7 @@ def data_prepare(
         extra = [f"data.dataset={name}", "data.download=true", *([f"data.root={root}"] if root else [])]
         cfg = load_config(config, [*(overrides or []), *extra])
         started = time.perf_counter()
+        err.print(f"preparing {cfg.data.dataset}: download if needed, check, decode, cache", highlight=False)
         with DownloadBar() as download:
             data = load_run_data(cfg, None, download)
         seconds = time.perf_counter() - started

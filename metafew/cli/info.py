@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
-from metafew.cli.common import ConfigFiles, Overrides, console, note, user_errors
+from metafew.cli.common import ConfigFiles, Overrides, WorkBar, console, note, user_errors
 from metafew.errors import EXIT_CODES, ConfigError
 
 if TYPE_CHECKING:
@@ -128,7 +128,10 @@ def compare_configs(
     with user_errors():
         for config in configs:
             load_config(config, overrides or [])  # every config valid before anything trains
-        folder, entries = compare(configs, overrides or [], out, episodes, seed, predict, console.print)
+        with WorkBar("compare") as bar:
+            folder, entries = compare(
+                configs, overrides or [], out, episodes, seed, predict, console.print, advance=bar
+            )
         console.print(format_table(entries, episodes), end="")
         console.print(f"saved: {folder / 'comparison.md'} and comparison.json (logs beside them)")
 

@@ -33,6 +33,10 @@ def test_compare_trains_evaluates_and_tabulates_every_config(tmp_path: Path) -> 
     table = (folder / "comparison.md").read_text()
     assert table.count("\n| ") == 2 and "| maml |" in table and "| fomaml |" in table
     assert (folder / "maml.train.log").read_text().startswith("run folder: ")
+    said = [line for line in result.output.splitlines() if line.startswith(("maml: ", "fomaml: "))]
+    assert said == [f"{c}: {s}" for c in ("maml", "fomaml") for s in ("train", "eval", "finetune + predict")]
+    stages = [line.split(" (")[0] for line in result.output.splitlines() if line.startswith("compare: ")]
+    assert stages[-1] == "compare: stages 6/6" and "compare: stages 3/6" in stages
 
 
 def test_compare_refuses_an_invalid_config_before_training(tmp_path: Path) -> None:

@@ -30,6 +30,11 @@ def new_child(folder: Path, before: set[Path]) -> Path:
     return child
 
 
+def only_new_json(folder: Path, before: set[Path]) -> Path:
+    (found,) = set(folder.glob("*.json")) - before
+    return found
+
+
 def children(folder: Path) -> set[Path]:
     return set(folder.iterdir()) if folder.is_dir() else set()
 
@@ -169,17 +174,17 @@ def test_predict_with_test_time_views_changes_the_probabilities(run: Path) -> No
 
 
 def test_eval_with_the_recipe_fine_tunes_every_episode(run: Path) -> None:
-    before = children(run / "eval")
+    before = set((run / "eval").glob("*.json"))
     result = ok("eval", run, "eval.episodes=3", "eval.finetune=true", "finetune.steps=3")
-    summary = json.loads(new_child(run / "eval", before).read_text())
+    summary = json.loads(only_new_json(run / "eval", before).read_text())
     assert summary["adaptation"] == "finetune recipe" and summary["transductive"] is False
     assert summary["finetune"]["steps"] == 3 and len(summary["per_episode"]) == 3
     assert "fine-tuned with the finetune.* recipe)" in result.stdout
-    before = children(run / "eval")
+    before = set((run / "eval").glob("*.json"))
     result = ok(
         "eval", run, "eval.episodes=3", "eval.finetune=true", "finetune.steps=3", "finetune.unlabeled=entropy"
     )
-    summary = json.loads(new_child(run / "eval", before).read_text())
+    summary = json.loads(only_new_json(run / "eval", before).read_text())
     assert summary["transductive"] is True and "transductive" in result.stdout
 
 
