@@ -11,6 +11,7 @@ from typing import Any
 
 from metafew.augment import augment_spec
 from metafew.data.download import Progress as DownloadProgress
+from metafew.errors import ConfigError
 from metafew.evaluation import confidence_interval, evaluate, queries_per_class
 from metafew.files import ensure_writable, write_json
 from metafew.launch import load_run_data
@@ -52,6 +53,13 @@ def evaluate_run(
     run = resolve_run(run)
     ensure_writable(run / "eval")
     cfg = run_config(run, overrides, ("eval", "finetune", "augment", "runtime"))
+    if not cfg.eval.finetune:  # the algorithm's own adaptation reads neither section
+        ignored = [o.partition("=")[0] for o in overrides if o.startswith(("finetune.", "augment."))]
+        if ignored:
+            raise ConfigError(
+                f"{ignored[0]} has no effect on eval unless eval.finetune=true (episodes are adapted by "
+                "the algorithm itself); add eval.finetune=true or drop it"
+            )
     which = checkpoint_name(checkpoint or cfg.eval.checkpoint)
     novel = load_run_data(cfg, run, progress).novel
     check_stop(stop_requested, "eval", "after loading the data")

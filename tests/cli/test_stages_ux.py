@@ -92,3 +92,10 @@ def test_fast_dev_run_runs_every_stage_and_keeps_nothing(tmp_path: Path) -> None
 def test_fast_dev_run_refuses_resume(tmp_path: Path) -> None:
     result = invoke("train", "--fast-dev-run", "--resume", "auto", *tiny(tmp_path))
     assert_user_error(result, 2, "--fast-dev-run", "--resume")
+
+
+def test_eval_refuses_finetune_keys_it_would_ignore(tuned: Path) -> None:
+    run = tuned.parent.parent
+    result = invoke("eval", run, "eval.episodes=2", "finetune.steps=5")
+    assert_user_error(result, 2, "finetune.steps", "eval.finetune=true")
+    assert_user_error(invoke("eval", run, "augment.rotate=3"), 2, "augment.rotate")
