@@ -191,7 +191,7 @@ def test_sbatch_example_parses(script: Path) -> None:
     assert name == "train" and train is not None
     params = train.make_context("train", rest).params  # unknown or misspelled flags raise here
     assert params["resume"] == "auto" and params["requeue"] is True
-    cfg = load_config(REPO / params["config"], params["overrides"])
+    cfg = load_config([REPO / c for c in params["config"]], params["overrides"])
     assert cfg.train.meta_batch_size % int(launcher.nproc_per_node) == 0
     header = script.read_text(encoding="utf-8")
     assert re.search(r"^#SBATCH --requeue$", header, re.M) and re.search(r"^#SBATCH --signal=", header, re.M)
