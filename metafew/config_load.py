@@ -27,7 +27,7 @@ from metafew.algorithms import ALGORITHMS
 from metafew.config.schema import Config, RuntimeConfig
 from metafew.data import DATASETS
 from metafew.errors import ConfigError
-from metafew.models import downsampled_size
+from metafew.models import check_model
 from metafew.presets import resolve as resolve_preset
 
 REGISTRIES: dict[str, Collection[str]] = {"algorithms": ALGORITHMS, "datasets": DATASETS}
@@ -257,11 +257,7 @@ def from_dict(raw: dict[str, Any]) -> Config:
 
 
 def _check_consistency(cfg: Config) -> None:
-    if downsampled_size(cfg.data.image_size, cfg.model.layers, cfg.model.pool) < 1:
-        raise ConfigError(
-            f"model.layers = {cfg.model.layers}: data.image_size = {cfg.data.image_size} is too small "
-            "for that many downsampling blocks; use fewer layers or larger images"
-        )
+    check_model(cfg.model, cfg.data.image_size)  # the backbone's own checks (metafew.models.BACKBONES)
     for dataset in DATASETS.values():
         if dataset.check is not None:
             dataset.check(cfg.data)

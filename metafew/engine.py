@@ -236,7 +236,8 @@ def train(
             it = state.iteration
             share = group.share(it * a.meta_batch_size, a.meta_batch_size)
             episodes = [augmented(sampler.episode(i), spec, cfg.train.seed).to(learner.device) for i in share]
-            step = learner.algorithm.meta_gradients(learner.params, episodes, it)
+            with learner.forward.meta_training(cfg.train.seed, it):  # DropBlock on, seeded by (seed, it)
+                step = learner.algorithm.meta_gradients(learner.params, episodes, it)
             grads, loss, accuracy = group.mean_over_tasks(step.grads, step.losses, step.accuracies)
             _check_finite(it, loss, grads)
             for key, param in learner.params.items():

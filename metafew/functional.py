@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 import torch
@@ -31,6 +32,11 @@ class Forward(Protocol):
         return_stats: bool = False,
         embed: bool = False,
     ) -> Any: ...
+
+    def meta_training(self, seed: int, iteration: int) -> AbstractContextManager[None]:
+        """The scope of meta-training's forward passes of outer step `iteration` (DropBlock on,
+        its masks a function of (seed, iteration)); every other forward is deterministic."""
+        ...
 
 
 META_PREFIX = "algo."

@@ -170,6 +170,20 @@ def ok(*args: object, env: dict[str, str] | None = None) -> Result:
     return result
 
 
+def signal_after(monkeypatch: pytest.MonkeyPatch, sig: int, iteration: int) -> None:
+    """Deliver `sig` to this process right after the metrics line of `iteration` is written."""
+    from metafew import engine
+
+    real = engine.append_metrics
+
+    def append(run: Path, record: dict[str, Any]) -> None:
+        real(run, record)
+        if record.get("iteration") == iteration and "loss" in record:
+            os.kill(os.getpid(), sig)
+
+    monkeypatch.setattr(engine, "append_metrics", append)
+
+
 def assert_user_error(result: Result, code: int, *words: str) -> str:
     """Exit `code`, exactly one line on stderr naming every word, no traceback."""
     assert result.exit_code == code, f"expected exit {code}, got {result.exit_code}:\n{result.output}"

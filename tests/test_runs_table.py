@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import assert_user_error, invoke, ok, only_child, tiny
+from helpers import assert_user_error, invoke, ok, only_child, signal_after, tiny
 
-from metafew import engine
 from metafew.errors import ConfigError, RunError
 from metafew.files import write_json
 from metafew.runs import DIVERGED_FILE, RunClaim, append_metrics, new_folder
@@ -28,18 +27,6 @@ from metafew.runs_table import (
 )
 
 
-def stop_after(monkeypatch: pytest.MonkeyPatch, iteration: int, sig: int = signal.SIGINT) -> None:
-    """Ctrl-C (SIGINT to this process) right after the metrics line of `iteration`."""
-    real = engine.append_metrics
-
-    def append(run: Path, record: dict[str, Any]) -> None:
-        real(run, record)
-        if record.get("iteration") == iteration and "loss" in record:
-            os.kill(os.getpid(), sig)
-
-    monkeypatch.setattr(engine, "append_metrics", append)
-
-
 def train(runs_dir: Path, *extra: str) -> Path:
     """A finished tiny run (train.iterations=2 unless `extra` says otherwise); its folder."""
     before = set(runs_dir.iterdir()) if runs_dir.is_dir() else set()
@@ -51,7 +38,7 @@ def train(runs_dir: Path, *extra: str) -> Path:
 def test_a_run_stopped_with_ctrl_c_is_interrupted_at_its_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    stop_after(monkeypatch, 3)
+    signal_after(monkeypatch, signal.SIGINT, 3)
     assert_user_error(
         invoke("train", *tiny(tmp_path, "train.iterations=4")), 130, "stopped after iteration 3"
     )

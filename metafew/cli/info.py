@@ -142,7 +142,8 @@ def show_config(
     keys: Annotated[bool, typer.Option(help="list every key with its default and meaning")] = False,
     markdown: Annotated[bool, typer.Option(help="with --keys: as the README's markdown table")] = False,
 ) -> None:
-    """Print the resolved config (defaults <- file <- overrides), or all keys."""
+    """Print the resolved config (defaults <- file <- overrides) after a comment line with the model's
+    parameter count, or all keys."""
     from metafew.config_load import describe_keys, dump_yaml, format_default, keys_markdown, load_config
 
     with user_errors():
@@ -155,7 +156,12 @@ def show_config(
                     f"{key} = {format_default(default)}  # {help_text}", highlight=False, soft_wrap=True
                 )
             return
-        console.print(dump_yaml(load_config(config, overrides or [])), highlight=False, end="")
+        cfg = load_config(config, overrides or [])
+        from metafew.models import parameter_count
+
+        # a YAML comment, so that the output still reads back as the config
+        console.print(f"# model: {cfg.model.name}, {parameter_count(cfg):,} parameters", highlight=False)
+        console.print(dump_yaml(cfg), highlight=False, end="")
 
 
 def exit_codes() -> None:

@@ -135,10 +135,19 @@ class TaskConfig:
 class ModelConfig:
     """Backbone network and its classifier head."""
 
-    name: str = param("conv4", "backbone", choices=("conv4",))
-    hidden: int = param(64, "filters per convolution", ge=1)
-    layers: int = param(4, "number of conv blocks", ge=1, le=8)
-    pool: str = param("max", "downsampling: 2x2 max-pool or stride-2 conv", choices=("max", "stride"))
+    name: str = param(
+        "conv4",
+        "backbone: Conv-N (hidden, layers, pool) or ResNet-12 (widths)",
+        choices=("conv4", "resnet12"),
+    )
+    hidden: int = param(64, "conv4: filters per convolution", ge=1)
+    layers: int = param(4, "conv4: number of conv blocks", ge=1, le=8)
+    pool: str = param("max", "conv4: downsampling, 2x2 max-pool or stride-2 conv", choices=("max", "stride"))
+    widths: str = param("64,160,320,640", "resnet12: comma list of the 4 residual blocks' widths")
+    dropblock: float = param(
+        0.0, "resnet12: DropBlock drop rate after blocks 3 and 4 while meta-training (0: off)", ge=0, le=0.9
+    )
+    dropblock_size: int = param(5, "resnet12: side of a dropped DropBlock square, in feature pixels", ge=1)
     head: str = param(
         "linear", "classifier: linear, or cosine similarity (Baseline++)", choices=("linear", "cosine")
     )
@@ -215,7 +224,7 @@ class LoggingConfig:
 
     tensorboard: bool = param(
         False,
-        "also write TensorBoard event files to the run's tensorboard/ folder (pip install 'metafew[tensorboard]')",
+        "also write TensorBoard event files to the run's tensorboard/ folder (metafew[tensorboard] extra)",
     )
 
 

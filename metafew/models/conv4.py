@@ -10,6 +10,7 @@ off finite differences in float64, while `var_mean` + arithmetic is exact (tests
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 
 import torch
@@ -139,6 +140,11 @@ class Conv4(nn.Module):
             total += block.conv.out_channels * conv_size**2
             size = conv_size if block.stride == 2 else conv_size // 2
         return total * pictures
+
+    def meta_training(self, seed: int, iteration: int) -> contextlib.AbstractContextManager[None]:
+        """Meta-training's forward passes of meta-batch `iteration`: Conv-4 has no regulariser that
+        acts only while training, so nothing changes."""
+        return contextlib.nullcontext()
 
     def task_forward(self) -> TaskForward | None:
         """The task-batched form (metafew.models.fused), which exists for the linear head only."""

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from helpers import assert_user_error, invoke, ok, tiny
+from helpers import assert_user_error, invoke, ok, signal_after, tiny
 from PIL import Image
-from test_runs_table import make_sweep, stop_after, train
+from test_runs_table import make_sweep, train
 
 
 @dataclass(frozen=True)
@@ -33,7 +34,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Root:
     done = train(path)
     ok("eval", done, "eval.episodes=4")
     with pytest.MonkeyPatch.context() as monkeypatch:
-        stop_after(monkeypatch, 3)
+        signal_after(monkeypatch, signal.SIGINT, 3)
         assert invoke("train", *tiny(path, "train.iterations=4")).exit_code == 130
     stopped = max((p for p in path.iterdir() if p != done), key=lambda p: p.name)
     sweep, swept = make_sweep(path, "train.outer_lr", [0.02, 0.03])

@@ -28,7 +28,11 @@ def test_config_trains_evaluates_and_finetunes_on_tiny_data(path: Path, tmp_path
     raw = read_yaml_file(path)
     raw.pop("data", None)  # every config runs here on the tiny embedded glyphs
     tiny = merge(
-        TINY_OVERRIDES, {"train": {"runs_dir": str(tmp_path), "iterations": 2, "checkpoint_every": 1}}
+        TINY_OVERRIDES,
+        {
+            "train": {"runs_dir": str(tmp_path), "iterations": 2, "checkpoint_every": 1},
+            "finetune": {"steps": 3},  # the recipe runs; its 100 default steps cost minutes on ResNet-12
+        },
     )
     keep = {k: v for k, v in raw.get("algorithm", {}).items() if k != "inner_steps"}
     cfg = from_dict(

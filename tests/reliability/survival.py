@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 from helpers import load_pt, ok, only_child, read_metrics, tiny
-
-from metafew import engine
 
 ARGS = ["train.iterations=6"]
 """The tiny experiment of tests/helpers.py, 6 outer steps: checkpoints at 2, 4, 6, validation at
@@ -45,15 +42,3 @@ def resume_auto(runs_dir: Path, *extra: str) -> str:
     """Re-run the same command with --resume auto (what a requeued job does); its stderr."""
     result = ok("train", "--resume", "auto", *extra, *tiny(runs_dir, *ARGS))
     return result.stderr
-
-
-def signal_after(monkeypatch: pytest.MonkeyPatch, sig: int, iteration: int) -> None:
-    """Deliver `sig` to this process right after the metrics line of `iteration` is written."""
-    real = engine.append_metrics
-
-    def append(run: Path, record: dict[str, Any]) -> None:
-        real(run, record)
-        if record.get("iteration") == iteration and "loss" in record:
-            os.kill(os.getpid(), sig)
-
-    monkeypatch.setattr(engine, "append_metrics", append)

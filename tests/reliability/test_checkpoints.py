@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import assert_user_error, invoke, load_pt, ok, only_child, tiny
-from survival import ARGS, fingerprint, reference_run, resume_auto, signal_after
+from helpers import assert_user_error, invoke, load_pt, ok, only_child, signal_after, tiny
+from survival import ARGS, fingerprint, reference_run, resume_auto
 
 from metafew.checkpoints import FORMAT as CHECKPOINT_FORMAT
 from metafew.checkpoints import load_checkpoint, save_checkpoint

@@ -25,8 +25,8 @@ from typing import Any
 
 import pytest
 import torch
-from helpers import assert_user_error, invoke, load_pt, ok, only_child, read_metrics, tiny
-from survival import ARGS, fingerprint, reference_run, resume_auto, signal_after
+from helpers import assert_user_error, invoke, load_pt, ok, only_child, read_metrics, signal_after, tiny
+from survival import ARGS, fingerprint, reference_run, resume_auto
 
 from metafew import launch, runs
 from metafew.algorithms.base import MetaStep

@@ -38,9 +38,10 @@ from helpers import (
     ok,
     only_child,
     read_metrics,
+    signal_after,
     tiny,
 )
-from survival import ARGS, fingerprint, reference_run, resume_auto, signal_after
+from survival import ARGS, fingerprint, reference_run, resume_auto
 
 from metafew import launch
 from metafew.data import FewShotData
