@@ -144,7 +144,7 @@ def format_table(recipes: list[Recipe], limits: list[float], episodes: int, seed
             note = {"iterations": ", all iterations", "early_stopping": ", early stop"}.get(p.reason, "")
             cells.append(
                 f"{100 * p.accuracy:.2f} ± {100 * p.ci95:.2f}%<br>"
-                f"{p.trained_minutes:.1f} min, {p.iterations} it{note}"
+                f"{p.trained_minutes:.{1 if p.trained_minutes >= 10 else 2}f} min, {p.iterations} it{note}"
             )
         rows.append(f"| {recipe.label} | {recipe.setting} | " + " | ".join(cells) + " |")
     failed = [f"- {r.label}: {r.error}" for r in recipes if r.error]

@@ -96,10 +96,10 @@ def test_table_from_a_fake_results_json(tmp_path: Path) -> None:
     assert table[2] == "| recipe | setting | 5 min | 15 min |"
     assert table[3] == "|---|---|---|---|"
     assert table[4] == (
-        "| omniglot_maml_5w1s | 5-way 1-shot | 75.12 ± 0.91%<br>5.0 min, 410 it "
+        "| omniglot_maml_5w1s | 5-way 1-shot | 75.12 ± 0.91%<br>5.02 min, 410 it "
         "| 80.00 ± 0.80%<br>15.1 min, 1222 it |"
     )
-    early = "60.00 ± 1.00%<br>3.5 min, 900 it, early stop"
+    early = "60.00 ± 1.00%<br>3.50 min, 900 it, early stop"
     assert table[5] == f"| omniglot_protonet_20w1s | 20-way 1-shot | {early} | - |"
     assert table[6] == "| omniglot_reptile_5w1s |  | failed | failed |"
     assert table[-1] == "- omniglot_reptile_5w1s: train exited 2: bad key"

@@ -47,7 +47,12 @@ FAST_DEV_RUN = [
 """--fast-dev-run: two outer steps, each validated on two episodes (the later stages: DEV_STAGES)."""
 
 DEV_STAGES = {
-    "finetune": ["finetune.steps=2", "finetune.eval_every=1", "finetune.unlabeled=none"],
+    "finetune": [
+        "finetune.adapt_steps=1",
+        "finetune.steps=2",
+        "finetune.holdout=0",
+        "finetune.unlabeled=none",
+    ],
     "eval": ["eval.episodes=2"],
 }
 """--fast-dev-run: the overrides of the stages after training, each run once on tiny counts."""
