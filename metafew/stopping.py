@@ -35,12 +35,23 @@ class StopSignal:
 
     @contextmanager
     def abandonable(self) -> Iterator[None]:
-        """A region whose work is thrown away if a signal comes: it raises Interrupted at once."""
+        """A region whose work is thrown away if a signal comes: it raises Interrupted at once.
+
+        The Interrupted can land anywhere, also inside torch's own bookkeeping (torch.func's
+        transform stack, seen as "INTERNAL ASSERT FAILED ... DynamicLayer.cpp" under load): any
+        error that leaves the region after a signal came is that interruption, reported as such.
+        The region's work is dropped, and the command only writes and exits after it."""
         self._abandonable += 1
         try:
             if self.signal is not None:
                 raise Interrupted("stopped")
             yield
+        except Interrupted:
+            raise
+        except Exception:
+            if self.signal is None:
+                raise
+            raise Interrupted("stopped") from None
         finally:
             self._abandonable -= 1
 

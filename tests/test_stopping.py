@@ -53,6 +53,19 @@ def test_entering_a_region_after_the_signal_raises_and_regions_nest() -> None:
     assert stop._abandonable == 0
 
 
+def test_an_error_the_interruption_caused_is_reported_as_the_interruption() -> None:
+    """The handler's Interrupted can land inside a library's own cleanup, which then fails in its
+    own way (torch.func: an INTERNAL ASSERT on its transform stack): after a signal, any error
+    out of the region is the stop; before one, errors stay what they are."""
+    stop = StopSignal()
+    with pytest.raises(RuntimeError, match="a real bug"), stop.abandonable():
+        raise RuntimeError("a real bug")
+    with pytest.raises(Interrupted, match="stopped") as caught, stop.abandonable():
+        stop.signal = signal.SIGINT  # the handler ran; its Interrupted was lost in torch's cleanup
+        raise RuntimeError("!dynamicLayerStack.empty() INTERNAL ASSERT FAILED")
+    assert caught.value.__cause__ is None and stop._abandonable == 0
+
+
 def test_a_plain_callable_has_no_region() -> None:
     with abandonable(lambda: True):
         ran = True
