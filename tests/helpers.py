@@ -184,6 +184,14 @@ def signal_after(monkeypatch: pytest.MonkeyPatch, sig: int, iteration: int) -> N
     monkeypatch.setattr(engine, "append_metrics", append)
 
 
+def tiny_finetuned(root: Path) -> Path:
+    """A tiny run under root/runs (2 iterations), fine-tuned for 2 steps: its model folder."""
+    ok("train", *tiny(root / "runs", "train.iterations=2", "runtime.threads=1"))
+    run = only_child(root / "runs")
+    ok("finetune", run, "finetune.steps=2", "runtime.threads=1")
+    return only_child(run / "finetune")
+
+
 def assert_user_error(result: Result, code: int, *words: str) -> str:
     """Exit `code`, exactly one line on stderr naming every word, no traceback."""
     assert result.exit_code == code, f"expected exit {code}, got {result.exit_code}:\n{result.output}"

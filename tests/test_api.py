@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import TINY_OVERRIDES, make_class_folder, ok, only_child, tiny, write_image
+from helpers import TINY_OVERRIDES, make_class_folder, ok, only_child, tiny_finetuned, write_image
 
 import metafew
 from metafew.checkpoints import load_finetuned as load_record
@@ -54,10 +54,7 @@ def read_csv(path: Path) -> tuple[list[str], list[str], np.ndarray]:
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny run (2 iterations), fine-tuned for 2 steps, with a prediction on write_pictures."""
     root = tmp_path_factory.mktemp("api")
-    ok("train", *tiny(root / "runs", "train.iterations=2", "runtime.threads=1"))
-    run = only_child(root / "runs")
-    ok("finetune", run, "finetune.steps=2", "runtime.threads=1")
-    model = only_child(run / "finetune")
+    model = tiny_finetuned(root)
     ok("predict", model, write_pictures(root / "pictures"), "--set", "runtime.threads=1")
     return model
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import assert_user_error, invoke, ok, only_child, tiny, write_image
+from helpers import assert_user_error, invoke, ok, only_child, tiny_finetuned, write_image
 
 import metafew
 from metafew.export import SPEC_NAME
@@ -25,10 +25,7 @@ CSV_TOLERANCE = 1e-6
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny run (2 iterations), fine-tuned for 2 steps, with a prediction on 6 pictures."""
     root = tmp_path_factory.mktemp("export")
-    ok("train", *tiny(root / "runs", "train.iterations=2", "runtime.threads=1"))
-    run = only_child(root / "runs")
-    ok("finetune", run, "finetune.steps=2", "runtime.threads=1")
-    model = only_child(run / "finetune")
+    model = tiny_finetuned(root)
     for i in range(6):
         write_image(root / "pictures" / f"p{i}.png", size=16, seed=300 + i)
     ok("predict", model, root / "pictures", "--set", "runtime.threads=1")
