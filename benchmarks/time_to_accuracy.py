@@ -115,10 +115,13 @@ def format_minutes(value: float) -> str:
 
 def legend_label(label: str) -> str:
     """A recipe's name in the legend: omniglot_mamlpp_5w1s -> MAML++ (the panel title gives the
-    setting); other labels as they are."""
+    setting), omniglot_protonet_20way_5w1s -> ProtoNet (20-way training); other labels as they
+    are."""
     parts = label.split("_")
     if len(parts) == 3 and parts[1] in ALGORITHM_NAMES:
         return ALGORITHM_NAMES[parts[1]]
+    if len(parts) == 4 and parts[1] in ALGORITHM_NAMES:  # omniglot_protonet_20way_5w1s
+        return f"{ALGORITHM_NAMES[parts[1]]} ({parts[2].replace('way', '-way')} training)"
     return label
 
 
@@ -192,9 +195,13 @@ def plot_time_to_accuracy(recipes: list[Recipe], path: Path, episodes: int) -> N
 
 
 def _setting(run: Path) -> str:
-    """The run's task setting, e.g. "5-way 1-shot", from its config.yaml."""
-    task = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8")).get("task", {})
-    return f"{task.get('ways')}-way {task.get('shots')}-shot"
+    """The run's test setting, e.g. "5-way 1-shot", from its config.yaml: eval.ways and
+    eval.shots where set, else task.*."""
+    cfg = yaml.safe_load((run / "config.yaml").read_text(encoding="utf-8"))
+    task, test = cfg.get("task", {}), cfg.get("eval", {})
+    ways = test.get("ways") or task.get("ways")
+    shots = test.get("shots") or task.get("shots")
+    return f"{ways}-way {shots}-shot"
 
 
 def _find_run(runs_dir: Path) -> Path | None:

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from metafew.algorithms import ALGORITHMS
+from metafew.algorithms import ALGORITHMS, ANY_TEST_WAYS
 from metafew.config.schema import Config, RuntimeConfig
 from metafew.data import DATASETS
 from metafew.errors import ConfigError
@@ -270,6 +270,18 @@ def _check_consistency(cfg: Config) -> None:
             f"model.head = {cfg.model.head!r}: protonet classifies by distance to class means and needs "
             "model.head=linear"
         )
+    if cfg.eval.ways is not None and cfg.eval.ways != cfg.task.ways:
+        if cfg.algorithm.name not in ANY_TEST_WAYS:
+            raise ConfigError(
+                f"eval.ways = {cfg.eval.ways}: {cfg.algorithm.name} meta-learns a {cfg.task.ways}-way head, "
+                f"so its test episodes have task.ways = {cfg.task.ways}; drop eval.ways (only "
+                f"{' and '.join(sorted(ANY_TEST_WAYS))} test another N)"
+            )
+        if cfg.eval.finetune:
+            raise ConfigError(
+                f"eval.ways = {cfg.eval.ways} with eval.finetune = true: the fine-tuning recipe trains the "
+                f"model's {cfg.task.ways}-way head; drop one of them"
+            )
     if cfg.logging.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError(
             "logging.tensorboard = true needs the tensorboard package: pip install 'metafew[tensorboard]' "
@@ -277,6 +289,14 @@ def _check_consistency(cfg: Config) -> None:
         )
     if cfg.data.channels not in (1, 3):
         raise ConfigError(f"data.channels = {cfg.data.channels}: must be 1 (grayscale) or 3 (RGB)")
+
+
+def episode_setting(cfg: Config) -> Config:
+    """`cfg` with task.ways and task.shots those of the test episodes (eval.ways, eval.shots where
+    set): what eval samples and scores. The model's head keeps the training N (metafew.learner)."""
+    ways = cfg.task.ways if cfg.eval.ways is None else cfg.eval.ways
+    shots = cfg.task.shots if cfg.eval.shots is None else cfg.eval.shots
+    return dataclasses.replace(cfg, task=dataclasses.replace(cfg.task, ways=ways, shots=shots))
 
 
 def read_yaml_file(path: Path) -> dict[str, Any]:

@@ -36,18 +36,25 @@ class Learner:
         return self.algorithm
 
 
-def build_learner(cfg: Config, device: torch.device, train_classes: int) -> Learner:
+def build_learner(
+    cfg: Config, device: torch.device, train_classes: int, episodes: Config | None = None
+) -> Learner:
     """Model (seeded init), algorithm, and every meta-learned tensor: the model's parameters plus
     the algorithm's own `algo.*` ones. `train_classes`: number of meta-train classes. The chunk
-    sizes are decided here, once (metafew.budget)."""
+    sizes are decided here, once (metafew.budget). `episodes`: the config whose task.* the
+    algorithm's episodes have where it differs from training's (eval.ways, eval.shots:
+    config_load.episode_setting); the model's head keeps cfg.task.ways, so checkpoints still load."""
+    episodes = cfg if episodes is None else episodes
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model, cfg.data.channels, cfg.data.image_size, cfg.task.ways).to(device)
     forward = make_forward(model)
     # the gradients are the same whatever the chunk: each chunk adds sum(its losses) / tasks
     train_chunk = train_chunk_size(cfg, model)
-    algorithm = build_algorithm(cfg, forward, train_classes, train_chunk)
+    algorithm = build_algorithm(episodes, forward, train_classes, train_chunk)
     batched = forward.tasks is not None and isinstance(algorithm, BatchedEvaluator)
-    chunks = Chunks(train_chunk, eval_chunk_size(cfg, model, batched), eval_chunk_size(cfg, model, False))
+    chunks = Chunks(
+        train_chunk, eval_chunk_size(episodes, model, batched), eval_chunk_size(episodes, model, False)
+    )
     params: Params = dict(model.named_parameters())
     extra = algorithm.init_meta_params(params)
     params |= {k: nn.Parameter(v.detach().clone()) for k, v in extra.items()}

@@ -48,6 +48,10 @@ ALGORITHMS: dict[str, Builder] = {
 }
 """Every algorithm, by the name used in `algorithm.name`."""
 
+ANY_TEST_WAYS = frozenset({"protonet", "pretrain"})
+"""Algorithms whose test episodes may have another N than their training episodes: they classify
+by class means or by a head fitted to each episode, never by a meta-learned N-way head."""
+
 
 def build_algorithm(cfg: Config, forward: Forward, train_classes: int, chunk_size: int = 0) -> Algorithm:
     """The algorithm `cfg.algorithm.name` on the model `forward`, running `chunk_size` tasks per
@@ -57,6 +61,7 @@ def build_algorithm(cfg: Config, forward: Forward, train_classes: int, chunk_siz
 
 __all__ = [
     "ALGORITHMS",
+    "ANY_TEST_WAYS",
     "MAML",
     "Algorithm",
     "BatchedEvaluator",

@@ -317,6 +317,13 @@ class EvalConfig:
 
     episodes: int = param(600, "number of test episodes", ge=1)
     seed: int = param(1234, "seed of the test-episode stream", ge=0)
+    ways: int | None = param(
+        None,
+        "N of the test episodes (null: task.ways; another N only for algorithms that meta-learn no "
+        "N-way head: protonet, pretrain)",
+        ge=2,
+    )
+    shots: int | None = param(None, "K of the test episodes (null: task.shots)", ge=1)
     queries: int | None = param(
         None, "queries per class (null: as many as the classes allow, ≤ task.queries)", ge=1
     )

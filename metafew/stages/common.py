@@ -40,17 +40,21 @@ def run_config(run: Path, overrides: list[str], allowed: tuple[str, ...]) -> Con
     return from_dict(merge(to_dict(load_run_config(run)), extra))
 
 
-def learner_for(cfg: Config, train_classes: int) -> Learner:
-    """A learner on runtime.device (resolved once, here), CPU threads set."""
+def learner_for(cfg: Config, train_classes: int, episodes: Config | None = None) -> Learner:
+    """A learner on runtime.device (resolved once, here), CPU threads set; `episodes` as in
+    build_learner."""
     set_threads(cfg.runtime.threads)
-    return build_learner(cfg, resolve_device(cfg.runtime.device), train_classes)
+    return build_learner(cfg, resolve_device(cfg.runtime.device), train_classes, episodes)
 
 
-def meta_learner(run: Path, cfg: Config, checkpoint: str) -> tuple[Learner, MetaCheckpoint]:
-    """The learner with the weights of <run>/checkpoints/<checkpoint>.pt."""
+def meta_learner(
+    run: Path, cfg: Config, checkpoint: str, episodes: Config | None = None
+) -> tuple[Learner, MetaCheckpoint]:
+    """The learner with the weights of <run>/checkpoints/<checkpoint>.pt (`episodes` as in
+    build_learner)."""
     path = run / "checkpoints" / f"{checkpoint}.pt"
     saved = load_meta(path)
-    learner = learner_for(cfg, saved.train_classes)
+    learner = learner_for(cfg, saved.train_classes, episodes)
     load_params(learner, saved.params, f"checkpoint {str(path)!r}")
     return learner, saved
 

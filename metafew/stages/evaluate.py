@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from metafew.augment import augment_spec
+from metafew.config_load import episode_setting
 from metafew.data.download import Progress as DownloadProgress
 from metafew.errors import ConfigError
 from metafew.evaluation import confidence_interval, evaluate, queries_per_class
@@ -63,15 +64,16 @@ def evaluate_run(
     which = checkpoint_name(checkpoint or cfg.eval.checkpoint)
     novel = load_run_data(cfg, run, progress).novel
     check_stop(stop_requested, "eval", "after loading the data")
-    queries = queries_per_class(cfg, novel)
-    sampler = EpisodeSampler(novel, cfg.task.ways, cfg.task.shots, queries, cfg.eval.seed, "novel")
-    learner, saved = meta_learner(run, cfg, which)
+    test = episode_setting(cfg)  # eval.ways / eval.shots where set
+    queries = queries_per_class(test, novel)
+    sampler = EpisodeSampler(novel, test.task.ways, test.task.shots, queries, cfg.eval.seed, "novel")
+    learner, saved = meta_learner(run, cfg, which, test)
     check_stop(stop_requested, "eval", "after loading the checkpoint")
     started = time.perf_counter()
     with nothing_written("eval"):
         if cfg.eval.finetune:
             accs = evaluate_recipe(
-                cfg, learner, sampler, cfg.eval.episodes, stop_requested=stop_requested, advance=advance
+                test, learner, sampler, cfg.eval.episodes, stop_requested=stop_requested, advance=advance
             )
         else:
             accs = evaluate(
@@ -89,8 +91,8 @@ def evaluate_run(
         "accuracy": mean,
         "ci95": ci,
         "episodes": cfg.eval.episodes,
-        "ways": cfg.task.ways,
-        "shots": cfg.task.shots,
+        "ways": test.task.ways,
+        "shots": test.task.shots,
         "queries": queries,
         "inner_steps": cfg.algorithm.eval_inner_steps,
         "norm": cfg.eval.norm,
@@ -113,7 +115,7 @@ def evaluate_run(
         plot_episode_histogram(
             accs.tolist(),
             path.with_suffix(".png"),
-            f"{cfg.task.ways}-way {cfg.task.shots}-shot, {cfg.eval.episodes} test episodes "
+            f"{test.task.ways}-way {test.task.shots}-shot, {cfg.eval.episodes} test episodes "
             f"({which} checkpoint, iteration {saved.iteration})",
         )
     return EvalResult(path, summary)
