@@ -345,9 +345,11 @@ def test_tta_chunks_equal_the_whole_set() -> None:
     x = pictures(2 * TTA_BLOCK + 22, 1, size=8)
     spec = Augment(flip=True)
     whole = tta_views(x, spec, 3, seed=5)
-    assert torch.equal(whole[:, 5:9], tta_views(x[5:9], spec, 3, seed=5, offset=5))
+    close = {"rtol": 0, "atol": 32 * torch.finfo(torch.float32).eps}  # see the test above
+    torch.testing.assert_close(whole[:, 5:9], tta_views(x[5:9], spec, 3, seed=5, offset=5), **close)
     chunks = [tta_views(x[i : i + 37], spec, 3, seed=5, offset=i) for i in range(0, len(x), 37)]
-    assert torch.equal(torch.cat(chunks, 1), whole)  # chunks of 37 straddle the block boundaries
+    # chunks of 37 straddle the block boundaries
+    torch.testing.assert_close(torch.cat(chunks, 1), whole, **close)
 
 
 def test_tta_picture_does_not_depend_on_its_batch() -> None:
@@ -358,7 +360,12 @@ def test_tta_picture_does_not_depend_on_its_batch() -> None:
     a, b = tta_views(x, spec, 3, seed=2), tta_views(others, spec, 3, seed=2)
     assert torch.equal(a[:, 4], b[:, 4])
     assert not torch.equal(a[:, 3], b[:, 3])
-    assert torch.equal(a[:, 4:5], tta_views(x[4:5], spec, 3, seed=2, offset=4))
+    # alone, the picture gets the same draws; its values agree up to float32 rounding: CPU kernels
+    # (grid_sample's vectorised loop) round differently at a batch's edges. A view is ~20 float32
+    # operations per pixel of values in [0, 1], so 32 ulps of 1 bound the difference.
+    alone = tta_views(x[4:5], spec, 3, seed=2, offset=4)
+    torch.testing.assert_close(a[:, 4:5], alone, rtol=0, atol=32 * torch.finfo(torch.float32).eps)
+    assert not torch.allclose(a[:, 3:4], alone, rtol=0, atol=1e-2)  # another position: other draws
 
 
 def test_kinds_order_is_the_transforms_fields() -> None:
