@@ -8,6 +8,7 @@ conftest.py beside this file); the fixtures built on these live in conftest.py.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import os
 import signal
@@ -15,6 +16,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import numpy as np
@@ -261,3 +263,13 @@ def assert_gradient_of_hand_written_loss(step: MetaStep, params: Params, loss: t
     assert torch.equal(step.grads["head.weight"], torch.zeros_like(params["head.weight"]))
     assert float(step.losses.mean()) == pytest.approx(float(loss.detach()), rel=1e-12)
     assert step.losses.shape == step.accuracies.shape == (3,)
+
+
+def load_benchmark(name: str) -> ModuleType:
+    """benchmarks/<name>.py as a module (benchmarks/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while building the class
+    spec.loader.exec_module(module)
+    return module

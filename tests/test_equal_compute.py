@@ -5,15 +5,12 @@ and results.json. The child's training needs learn2learn (not in this venv): its
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 import torch
-from helpers import ok, only_child, tiny
+from helpers import load_benchmark, ok, only_child, tiny
 
 from metafew.checkpoints import load_meta
 from metafew.config import Config
@@ -21,20 +18,7 @@ from metafew.config_load import load_config
 from metafew.launch import load_run_data
 from metafew.learner import build_learner
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "equal_compute.py"
-
-
-def _load() -> ModuleType:
-    """The script as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("equal_compute", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while building the class
-    spec.loader.exec_module(module)
-    return module
-
-
-ec = _load()
+ec = load_benchmark("equal_compute")
 
 
 def _recipe(*overrides: str) -> Config:

@@ -3,30 +3,15 @@ results.json round trip, the figure); the subprocess parts are covered by its sm
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from dataclasses import asdict
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+from helpers import load_benchmark
 from PIL import Image
 
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "time_to_accuracy.py"
-
-
-def _load() -> ModuleType:
-    """The script as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location("time_to_accuracy", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while building the class
-    spec.loader.exec_module(module)
-    return module
-
-
-tta = _load()
+tta = load_benchmark("time_to_accuracy")
 
 
 def test_schedule_sorts_scales_and_rejects_nonsense() -> None:
