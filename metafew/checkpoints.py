@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import random
 import zipfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, ClassVar
 
@@ -149,7 +149,9 @@ class MetaCheckpoint:
 class FinetunedCheckpoint:
     """M_finetune: adapted parameters, the BatchNorm statistics of the labeled pictures under them
     (frozen, so that each prediction depends on its own picture only), class names, the run's
-    config and the number of meta-train classes (the model's shape depends on it)."""
+    config and the number of meta-train classes (the model's shape depends on it). `others`: the
+    further members of a seed ensemble (finetune.members), each (params, stats); files written
+    before ensembles have none."""
 
     KIND: ClassVar[str] = "finetuned"
 
@@ -158,29 +160,44 @@ class FinetunedCheckpoint:
     classes: list[str]
     config: dict[str, Any]
     train_classes: int
+    others: list[tuple[Tensors, list[tuple[torch.Tensor, torch.Tensor]]]] = field(default_factory=list)
 
     def to_state(self) -> dict[str, Any]:
         """What torch.save writes (CPU tensors, weights-only loadable)."""
         return {
             "kind": self.KIND,
-            "params": {k: v.cpu() for k, v in self.params.items()},
-            "stats": [[m.cpu(), v.cpu()] for m, v in self.stats],
+            **_member_state(self.params, self.stats),
             "classes": list(self.classes),
             "config": self.config,
             "train_classes": self.train_classes,
+            "others": [_member_state(p, s) for p, s in self.others],
         }
 
     @classmethod
     def from_state(cls, state: dict[str, Any], source: str) -> FinetunedCheckpoint:
         """The record in a loaded file; RunError if a field is missing or wrong."""
-        stats = _field(state, "stats", list, source)
+        others = _field({"others": state.get("others", [])}, "others", list, source)
         return cls(
-            params=_finite(_field(state, "params", dict, source), source),
-            stats=[(m, v) for m, v in stats],
+            *_member(state, source),
             classes=[str(c) for c in _field(state, "classes", list, source)],
             config=_field(state, "config", dict, source),
             train_classes=_field(state, "train_classes", int, source),
+            others=[_member(_field({"member": m}, "member", dict, source), source) for m in others],
         )
+
+
+def _member_state(params: Tensors, stats: list[tuple[torch.Tensor, torch.Tensor]]) -> dict[str, Any]:
+    """One ensemble member as saved: CPU tensors."""
+    return {
+        "params": {k: v.cpu() for k, v in params.items()},
+        "stats": [[m.cpu(), v.cpu()] for m, v in stats],
+    }
+
+
+def _member(state: dict[str, Any], source: str) -> tuple[Tensors, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """(params, stats) of one saved member; RunError if missing or wrong."""
+    stats = _field(state, "stats", list, source)
+    return _finite(_field(state, "params", dict, source), source), [(m, v) for m, v in stats]
 
 
 # ---------------------------------------------------------------------------------------------

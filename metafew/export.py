@@ -5,7 +5,7 @@ export to files that need neither metafew nor its config to run (issue 14).
 scaling (`metafew.data.to_float`: pixels / 255), the shape check (channels, image_size), the
 backbone with the fine-tuned weights and the BatchNorm statistics of its training pictures
 frozen as buffers (so a picture's output depends on that picture only, whatever the batch), and
-the softmax. What it leaves out:
+the softmax (averaged over the members of a seed ensemble, finetune.members). What it leaves out:
 - decoding and resizing (Pillow's BILINEAR resize of `metafew.data.folder.decode_image`, which
   no torch resize reproduces bit for bit): give pictures at image_size, e.g. from
   `read_pictures`;
@@ -68,6 +68,17 @@ class FrozenBackbone(nn.Module):
         return torch.softmax(self.backbone(x, stats), dim=-1)
 
 
+class MeanOf(nn.Module):
+    """A seed ensemble (finetune.members): the mean of its members' probabilities [N, ways]."""
+
+    def __init__(self, members: list[FrozenBackbone]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([member(x) for member in self.members]).mean(0)
+
+
 class Classifier(nn.Module):
     """M_finetune as a module: pictures [N, C, H, W] -> class probabilities [N, ways], in the
     order of `.classes`.
@@ -104,18 +115,21 @@ def classifier(folder: Path) -> Classifier:
     from its model.pt and the config recorded in it, exactly as `metafew predict` builds it."""
     record = load_finetuned(Path(folder))
     cfg = model_config(record, [])
-    backbone = build_model(cfg.model, cfg.data.channels, cfg.data.image_size, cfg.task.ways)
-    own = dict(backbone.named_parameters())
-    missing = [k for k, p in own.items() if k not in record.params or record.params[k].shape != p.shape]
-    if missing:
-        raise RunError(
-            f"{str(folder)!r}: model.pt does not fit the model in its config (parameter "
-            f"{missing[0]!r}); was it copied from another run?"
-        )
-    with torch.no_grad():  # algo.* tensors (Meta-SGD's step sizes, ...) play no part in prediction
-        for key, param in own.items():
-            param.copy_(record.params[key])
-    core = FrozenBackbone(backbone, [(m.cpu(), v.cpu()) for m, v in record.stats])
+    cores = []
+    for params, stats in [(record.params, record.stats), *record.others]:
+        backbone = build_model(cfg.model, cfg.data.channels, cfg.data.image_size, cfg.task.ways)
+        own = dict(backbone.named_parameters())
+        missing = [k for k, p in own.items() if k not in params or params[k].shape != p.shape]
+        if missing:
+            raise RunError(
+                f"{str(folder)!r}: model.pt does not fit the model in its config (parameter "
+                f"{missing[0]!r}); was it copied from another run?"
+            )
+        with torch.no_grad():  # algo.* tensors (Meta-SGD's step sizes, ...) play no part in prediction
+            for key, param in own.items():
+                param.copy_(params[key])
+        cores.append(FrozenBackbone(backbone, [(m.cpu(), v.cpu()) for m, v in stats]))
+    core = cores[0] if len(cores) == 1 else MeanOf(cores)
     model = Classifier(core, record.classes, cfg.data.channels, cfg.data.image_size)
     return model.requires_grad_(False).eval()
 

@@ -25,8 +25,7 @@ from metafew.augment import Augment, augment_spec
 from metafew.config import Config
 from metafew.data import LabeledImages
 from metafew.errors import Interrupted
-from metafew.finetuning import Finetuned, as_float, check_ways, fit, frozen_stats, predict_proba
-from metafew.functional import Params
+from metafew.finetuning import Fitted, check_ways, fit_members, fitted_model, predict_proba
 from metafew.learner import Learner
 from metafew.progress import Advance, silent
 from metafew.tasks import EpisodeSampler
@@ -80,8 +79,8 @@ def cross_validate(
         pool = None
         if cfg.finetune.unlabeled != "none":
             pool = x[held] if unlabeled is None else torch.cat([unlabeled, x[held]])
-        fitted = fit(cfg, learner, x[kept], y[kept], pool, stop_requested=stop_requested)
-        probs = _predict_fitted(cfg, learner, fitted.params, x[kept], pool, x[held], spec, cfg.finetune.seed)
+        fits = fit_members(cfg, learner, x[kept], y[kept], pool, stop_requested=stop_requested)
+        probs = _predict_fitted(cfg, learner, fits, x[kept], pool, x[held], spec, cfg.finetune.seed)
         correct[held.numpy()] = (probs.argmax(-1) == y[held]).numpy()
         advance("folds", done, folds)
     return correct
@@ -90,19 +89,17 @@ def cross_validate(
 def _predict_fitted(
     cfg: Config,
     learner: Learner,
-    params: Params,
+    fits: list[Fitted],
     trained_on: torch.Tensor,
     pool: torch.Tensor | None,
     pictures: torch.Tensor,
     spec: Augment,
     seed: int,
 ) -> torch.Tensor:
-    """Probabilities [n, ways] for `pictures` from fitted `params`, with the BatchNorm statistics
-    of what they were trained on (labeled `trained_on`, plus the unlabeled `pool`) frozen."""
-    device = learner.device
-    used = None if pool is None else as_float(pool).to(device)
-    stats = frozen_stats(learner, params, as_float(trained_on).to(device), used)
-    model = Finetuned(params, stats, [], cfg.finetune.tta)
+    """Probabilities [n, ways] for `pictures` from the members' fits, with the BatchNorm
+    statistics of what they were trained on (labeled `trained_on`, plus the unlabeled `pool`)
+    frozen."""
+    model = fitted_model(cfg, learner, fits, trained_on, pool, [])
     return predict_proba(learner, model, pictures, spec=spec, seed=seed)
 
 
@@ -128,12 +125,11 @@ def evaluate_recipe(
         ep = sampler.episode(i)
         pool = ep.query_x if cfg.finetune.unlabeled != "none" else None
         try:
-            fitted = fit(cfg, learner, ep.support_x, ep.support_y, pool, stop_requested=stop_requested)
+            fits = fit_members(cfg, learner, ep.support_x, ep.support_y, pool, stop_requested=stop_requested)
         except Interrupted:
             raise Interrupted(f"stopped after {i} of {episodes} episodes") from None
-        probs = _predict_fitted(
-            cfg, learner, fitted.params, ep.support_x, pool, ep.query_x, spec, cfg.finetune.seed + i
-        )
+        seed = cfg.finetune.seed + i
+        probs = _predict_fitted(cfg, learner, fits, ep.support_x, pool, ep.query_x, spec, seed)
         out[i] = float((probs.argmax(-1) == ep.query_y).double().mean())
         advance("test episodes", i + 1, episodes)
     return out

@@ -186,11 +186,12 @@ def signal_after(monkeypatch: pytest.MonkeyPatch, sig: int, iteration: int) -> N
     monkeypatch.setattr(engine, "append_metrics", append)
 
 
-def tiny_finetuned(root: Path) -> Path:
-    """A tiny run under root/runs (2 iterations), fine-tuned for 2 steps: its model folder."""
+def tiny_finetuned(root: Path, *overrides: str) -> Path:
+    """A tiny run under root/runs (2 iterations), fine-tuned for 2 steps (plus `overrides`): its
+    model folder."""
     ok("train", *tiny(root / "runs", "train.iterations=2", "runtime.threads=1"))
     run = only_child(root / "runs")
-    ok("finetune", run, "finetune.steps=2", "runtime.threads=1")
+    ok("finetune", run, "finetune.steps=2", "runtime.threads=1", *overrides)
     return only_child(run / "finetune")
 
 

@@ -124,7 +124,31 @@ def test_finetuned_checkpoint_round_trips(tmp_path: Path) -> None:
     assert all(
         torch.equal(x, y) for pair, other in zip(back.stats, record.stats) for x, y in zip(pair, other)
     )
+    assert back.others == []
     meta = MetaCheckpoint(1, None, 0, {}, 5, {}, {"torch": torch.get_rng_state()}, {})
     save(tmp_path / "m" / "model.pt", meta)
     with pytest.raises(RunError, match="holds no fine-tuned model"):
         load_finetuned(tmp_path / "m")
+
+
+def test_a_seed_ensemble_round_trips_and_older_files_have_one_member(tmp_path: Path) -> None:
+    g = torch.Generator().manual_seed(1)
+
+    def member() -> tuple[dict[str, torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]:
+        stats = [(torch.randn(4, generator=g), torch.rand(4, generator=g))]
+        return {"head.weight": torch.randn(3, 4, generator=g)}, stats
+
+    first, *others = [member() for _ in range(3)]
+    record = FinetunedCheckpoint(*first, ["a", "b", "c"], {"task": {"ways": 3}}, 7, others)
+    (tmp_path / "m").mkdir()
+    save(tmp_path / "m" / "model.pt", record)
+    back = load_finetuned(tmp_path / "m")
+    assert len(back.others) == 2
+    for (params, stats), (want_params, want_stats) in zip(back.others, others):
+        assert torch.equal(params["head.weight"], want_params["head.weight"])
+        assert torch.equal(stats[0][0], want_stats[0][0]) and torch.equal(stats[0][1], want_stats[0][1])
+    older = {k: v for k, v in record.to_state().items() if k != "others"}  # a file from before ensembles
+    assert FinetunedCheckpoint.from_state(older, "old.pt").others == []
+    damaged = {**record.to_state(), "others": [{"params": {}}]}
+    with pytest.raises(RunError, match="no 'stats' field"):
+        FinetunedCheckpoint.from_state(damaged, "damaged.pt")

@@ -153,6 +153,22 @@ def test_unlabeled_methods_change_the_fit_and_need_pictures(
     torch.testing.assert_close(semi.stats[0][0], stats[0][0])
 
 
+def test_a_seed_ensemble_averages_members_fitted_with_successive_seeds(
+    tiny_cfg: Config, learner: Learner, novel
+) -> None:
+    tiny_cfg.finetune.steps, tiny_cfg.finetune.holdout, tiny_cfg.finetune.members = 3, 0.0, 2
+    ensemble, fits = finetune(tiny_cfg, learner, novel)
+    assert len(fits) == 2 and len(ensemble.members) == 2
+    tiny_cfg.finetune.members, singles = 1, []
+    for seed in (0, 1):
+        tiny_cfg.finetune.seed = seed
+        single, _ = finetune(tiny_cfg, learner, novel)
+        singles.append(predict_proba(learner, single, novel.images))
+    assert not torch.allclose(singles[0], singles[1])  # the seeds draw other transforms
+    mean = (singles[0] + singles[1]) / 2
+    torch.testing.assert_close(predict_proba(learner, ensemble, novel.images), mean, rtol=0, atol=1e-6)
+
+
 def test_test_time_views_average_and_do_not_depend_on_the_batch(
     tiny_cfg: Config, learner: Learner, novel
 ) -> None:

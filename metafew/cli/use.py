@@ -64,9 +64,15 @@ def _report_finetune(result: stages.FinetuneResult) -> None:
     unlabeled = (
         f", {r['unlabeled_pictures']} unlabeled ({r['finetune']['unlabeled']})" if r["unlabeled"] else ""
     )
+    steps = r["member_steps"]
+    fitted = (
+        f"{steps[0]} steps"
+        if len(steps) == 1
+        else f"{len(steps)} members of {'/'.join(map(str, steps))} steps"
+    )
     say(
         f"M_finetune: {result.folder} ({result.images} labeled pictures{unlabeled}; "
-        f"{', '.join(result.classes)}; {r['steps']} steps; accuracy on its own labeled pictures "
+        f"{', '.join(result.classes)}; {fitted}; accuracy on its own labeled pictures "
         f"{100 * result.labeled_accuracy:.1f}%)"
     )
     say(f"next: metafew predict {result.folder} <folder of unlabeled pictures>")
@@ -126,8 +132,10 @@ def select(
         )
     low, high = confirmed.interval
     again = ""
+    members = result.record["finetune"]["members"]
     if confirmed is not best:
-        again = f" (on fresh folds; {100 * best.accuracy:.1f}% on the folds that chose it)"
+        fitted, alone = ("", "") if members == 1 else (f", as a seed ensemble of {members}", " as one model")
+        again = f" (on fresh folds{fitted}; {100 * best.accuracy:.1f}%{alone} on the folds that chose it)"
     say(
         f"chosen: {best.overrides or '(defaults)'} on {best.run.name}: estimated accuracy on new pictures of "
         f"these classes {100 * confirmed.accuracy:.1f}% [{100 * low:.1f}, {100 * high:.1f}]{again}"

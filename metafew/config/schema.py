@@ -308,6 +308,13 @@ class FinetuneConfig:
     threshold: float = param(0.9, "τ, FixMatch keeps pseudo-labels with confidence ≥ τ", gt=0, le=1)
     strong: float = param(2.0, "FixMatch's strong view: augment.* magnitudes × this", gt=0)
     tta: int = param(1, "views averaged at predict time (test-time augmentation; 1: none)", ge=1, le=64)
+    members: int = param(
+        1,
+        "models fine-tuned with seeds seed, seed+1, ...; M_finetune averages their probabilities "
+        "(a seed ensemble in one model)",
+        ge=1,
+        le=16,
+    )
     seed: int = param(0, "seed of the held-out split, the batches and the transforms", ge=0)
 
 

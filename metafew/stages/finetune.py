@@ -53,9 +53,11 @@ def labeled_pictures(
     return load_run_data(cfg, run, progress).novel
 
 
-def recipe_record(cfg: Config, fitted: Fitted) -> dict[str, Any]:
+def recipe_record(cfg: Config, fits: list[Fitted]) -> dict[str, Any]:
     """The values the fine-tuning really used: finetune.* and augment.* (with the resolved flip),
-    the step count early stopping chose and the held-out curve that chose it."""
+    the step count early stopping chose and the held-out curve that chose it (the first member's;
+    `member_steps`: every member's step count)."""
+    fitted = fits[0]
     return {
         "finetune": {**asdict(cfg.finetune), "unlabeled_weight": unlabeled_weight(cfg.finetune)},
         "augment": asdict(augment_spec(cfg)),
@@ -63,6 +65,7 @@ def recipe_record(cfg: Config, fitted: Fitted) -> dict[str, Any]:
         if cfg.finetune.adapt_steps is None
         else cfg.finetune.adapt_steps,
         "steps": fitted.steps,
+        "member_steps": [f.steps for f in fits],
         "holdout_curve": [{"step": s, "loss": loss, "accuracy": acc} for s, loss, acc in fitted.curve],
     }
 
@@ -131,7 +134,7 @@ def fit_and_save(
     finetune.json} (with `extra` added to the record)."""
     images = None if cfg.finetune.unlabeled == "none" or pictures is None else pictures.images
     with nothing_written("finetune"):
-        model, fitted = finetune(cfg, learner, novel, images, stop_requested=stop_requested, advance=advance)
+        model, fits = finetune(cfg, learner, novel, images, stop_requested=stop_requested, advance=advance)
         probs = predict_proba(learner, model, novel.images, stop_requested=stop_requested, advance=advance)
     train_acc = float((probs.argmax(-1) == novel.labels).float().mean())
     out = new_folder(run / "finetune")
@@ -145,7 +148,7 @@ def fit_and_save(
         "classes": model.classes,
         "images": len(novel.labels),
         "labeled_accuracy": train_acc,
-        **recipe_record(cfg, fitted),
+        **recipe_record(cfg, fits),
         **extra,
     }
     write_json(out / "finetune.json", record)

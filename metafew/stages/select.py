@@ -1,6 +1,7 @@
 """`metafew select`: choose the fine-tuning recipe (and the meta-trained run) by k-fold
 cross-validation on the labeled novel pictures, report the chosen one's estimated accuracy with a
-95% interval, then fine-tune it on all of them -> <run>/finetune/<stamp>-<id>/ with the table
+95% interval (as fitted: a seed ensemble where finetune.members > 1), then fine-tune it on all of
+them -> <run>/finetune/<stamp>-<id>/ with the table
 of candidates in finetune.json["selection"]."""
 
 from __future__ import annotations
@@ -28,6 +29,12 @@ from metafew.stages.common import (
     unlabeled_pictures,
 )
 from metafew.stages.finetune import SECTIONS, FinetuneResult, Sources, fit_and_save, labeled_pictures
+
+SINGLE = "finetune.members=1"
+"""Candidates are compared as single models (unless one sets finetune.members itself): on
+fashion-swap a seed ensemble added 2-4 of 75 pictures to each of three recipes alike
+(BENCHMARKS.md section 7f), so ranking them needs no ensemble; the chosen one is then estimated,
+and fitted, with the configured finetune.members."""
 
 CONFIRM_SEED = 1000
 """Added to finetune.seed for the chosen candidate's second estimate: folds and draws that took
@@ -136,7 +143,15 @@ def select_run(
             )
     check_stop(stop_requested, "select", "after loading the pictures")
     pool = None if pictures is None else pictures.images
-    total = folds * (len(runs) * len(chosen) + (len(runs) * len(chosen) > 1))
+
+    def refitted(run: Path, candidate: str) -> bool:
+        """Whether `candidate` is fitted as another ensemble than it is compared as."""
+        fitted = run_config(run, [*overrides, *shlex.split(candidate)], SECTIONS)
+        compared = run_config(run, [*overrides, SINGLE, *shlex.split(candidate)], SECTIONS)
+        return fitted.finetune.members != compared.finetune.members
+
+    pairs = len(runs) * len(chosen)
+    total = folds * (pairs + (pairs > 1 or refitted(runs[0], chosen[0])))
     finished = [0]
 
     def fold_done(what: str, done: int, of: int) -> None:
@@ -144,8 +159,9 @@ def select_run(
         if done == of:
             finished[0] += of
 
-    def estimate(run: Path, candidate: str, extra: tuple[str, ...] = ()) -> Estimate:
-        cfg = run_config(run, [*overrides, *shlex.split(candidate), *extra], SECTIONS)
+    def estimate(run: Path, candidate: str, extra: tuple[str, ...] = (), single: bool = True) -> Estimate:
+        compared = (SINGLE,) if single else ()  # a candidate's own finetune.members comes after
+        cfg = run_config(run, [*overrides, *compared, *shlex.split(candidate), *extra], SECTIONS)
         learner, _ = meta_learner(run, cfg, which)
         started = time.perf_counter()
         correct = cross_validate(
@@ -162,10 +178,11 @@ def select_run(
         best = max(estimates, key=lambda e: e.correct)  # max keeps the first of equals
         cfg = run_config(best.run, [*overrides, *shlex.split(best.overrides)], SECTIONS)
         confirmed = best
-        if len(estimates) > 1:  # the winner's own folds flatter it: estimate it again on fresh ones
-            confirmed = estimate(
-                best.run, best.overrides, (f"finetune.seed={cfg.finetune.seed + CONFIRM_SEED}",)
-            )
+        # the winner's own folds flatter it, and an ensemble is not the single model compared:
+        # estimate what will be fitted once more, on fresh folds
+        if len(estimates) > 1 or refitted(best.run, best.overrides):
+            fresh = (f"finetune.seed={cfg.finetune.seed + CONFIRM_SEED}",)
+            confirmed = estimate(best.run, best.overrides, fresh, single=False)
     learner, saved = meta_learner(best.run, cfg, which)
     selection = {
         "folds": folds,
@@ -173,8 +190,10 @@ def select_run(
         "estimate": confirmed.record(),
         "candidates": [e.record() for e in estimates],
         "note": "estimated accuracy on pictures of these classes: k-fold cross-validation on the "
-        "labeled pictures, 95% Wilson interval; `estimate` repeats the chosen candidate's on fresh "
-        "folds and draws (finetune.seed + 1000), since the folds that chose it flatter it",
+        "labeled pictures, 95% Wilson interval; candidates are compared as single models; "
+        "`estimate` repeats the chosen candidate's on fresh folds and draws (finetune.seed + "
+        "1000), fitted as it is fitted at the end (finetune.members), since the folds that chose it "
+        "flatter it",
     }
     source = Sources(labeled, unlabeled)
     result = fit_and_save(

@@ -81,6 +81,21 @@ def test_exported_program_file_gives_predicts_probabilities(model_dir: Path, tmp
         program(torch.zeros(2, 3, 16, 16))
 
 
+def test_a_seed_ensemble_is_one_model_whose_export_gives_predicts_probabilities(tmp_path: Path) -> None:
+    model_dir = tiny_finetuned(tmp_path, "finetune.members=2", "finetune.holdout=0")
+    assert len(json.loads((model_dir / "finetune.json").read_text())["member_steps"]) == 2
+    for i in range(4):
+        write_image(tmp_path / "pictures" / f"p{i}.png", size=16, seed=400 + i)
+    ok("predict", model_dir, tmp_path / "pictures", "--set", "runtime.threads=1")
+    ok("export", model_dir, "--format", "torchscript")
+    loaded = torch.jit.load(str(model_dir / "export" / "classifier.ts.pt"))
+    images, expected = predicted(model_dir)
+    np.testing.assert_allclose(loaded(images).numpy(), expected, rtol=0, atol=CSV_TOLERANCE)
+    members = metafew.load_finetuned(model_dir).core.members
+    first = members[0](images.float() / 255)
+    assert len(members) == 2 and not np.allclose(first.numpy(), expected, rtol=0, atol=1e-3)
+
+
 def test_export_refuses_an_unknown_format_and_a_folder_without_a_model(
     model_dir: Path, tmp_path: Path
 ) -> None:

@@ -101,6 +101,26 @@ def test_select_reports_every_candidate_and_fine_tunes_the_best(run: Path) -> No
     assert "estimated accuracy on new pictures of these classes" in result.stdout
 
 
+def test_select_compares_single_models_then_estimates_and_fits_the_ensemble(run: Path) -> None:
+    before = children(run / "finetune")
+    result = ok(
+        "select",
+        run,
+        "--folds",
+        "3",
+        "--candidate",
+        "finetune.steps=2 finetune.holdout=0",
+        "--set",
+        "finetune.members=2",
+    )
+    info = json.loads((new_child(run / "finetune", before) / "finetune.json").read_text())
+    selection = info["selection"]
+    assert len(selection["candidates"]) == 1 and selection["chosen"] == selection["candidates"][0]
+    assert selection["estimate"]["overrides"] == selection["chosen"]["overrides"]  # estimated once more
+    assert info["finetune"]["members"] == 2 and info["member_steps"] == [2, 2]
+    assert "as a seed ensemble of 2" in result.stdout and "2 members of 2/2 steps" in result.stdout
+
+
 def test_select_refuses_more_folds_than_pictures(run: Path) -> None:
     assert_user_error(invoke("select", run, "--folds", "7"), 2, "--folds 7", "6 pictures")
     assert_user_error(invoke("select", run, "--folds", "1"), 2, "--folds 1")
