@@ -73,8 +73,10 @@ TINY_OVERRIDES: dict = {
     },
     "runtime": {"device": "cpu"},
     "eval": {"episodes": 5},
+    "finetune": {"members": 1},
 }
-"""A glyph experiment small enough for unit tests (3-way 2-shot on 16x16 images, 8 filters)."""
+"""A glyph experiment small enough for unit tests (3-way 2-shot on 16x16 images, 8 filters; one
+fine-tuned model, not the default seed ensemble: the ensemble's own tests set finetune.members)."""
 
 TINY_ARGS: list[str] = dotted(TINY_OVERRIDES)
 """The same tiny experiment as command-line overrides (add train.runs_dir=...)."""

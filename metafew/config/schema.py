@@ -309,9 +309,9 @@ class FinetuneConfig:
     strong: float = param(2.0, "FixMatch's strong view: augment.* magnitudes × this", gt=0)
     tta: int = param(1, "views averaged at predict time (test-time augmentation; 1: none)", ge=1, le=64)
     members: int = param(
-        1,
+        5,
         "models fine-tuned with seeds seed, seed+1, ...; M_finetune averages their probabilities "
-        "(a seed ensemble in one model)",
+        "(a seed ensemble in one model; 1: one model)",
         ge=1,
         le=16,
     )
