@@ -8,7 +8,8 @@ two is commutative), as the one-process continuation is in test_faults.py. Two p
 also match one process with the same meta-batch: the all-reduce sums per-process means
 weighted by task count in float64, so the meta-gradient differs from the single process's
 sequential float32 sum only by rounding (≈1e-7 relative). That is compared over a fixed, short
-run (1e-6 on the weights and logged values after 3 SGD steps of β = 0.5), never over the
+run (the weights to 1e-3 of how far they moved, the logged values to 1e-6, after 3 SGD steps of
+β = 0.5: ROUNDING_OF_THE_UPDATE), never over the
 stopped run, whose length depends on when the signal lands: over many steps the rounding
 grows (1.3e-3 seen on a loaded machine), so no fixed tolerance would hold.
 The tests use outer SGD because Adam's first steps are ≈ β·sign(g): a gradient component that
@@ -35,6 +36,8 @@ from metafew.cli import app
 from metafew.config_load import load_config
 from metafew.distributed import ProcessGroup, Solo, requeue_slurm_job
 from metafew.errors import EXIT_CODES
+from metafew.learner import build_learner
+from metafew.runs import load_run_config
 
 DDP_ARGS = ["train.meta_batch_size=4", "train.optimizer=sgd", "train.outer_lr=0.5", "train.val_every=3"]
 
@@ -97,9 +100,7 @@ def test_two_processes_stop_together_resume_and_match_one(tmp_path: Path) -> Non
     short = torchrun("train", *tiny(tmp_path / "short", *DDP_ARGS, "train.iterations=3"))
     assert short.returncode == 0, short.stderr
     one, two = only_child(single_dir), only_child(tmp_path / "short")
-    a, b = (load_pt(r / "checkpoints" / "last.pt")["params"] for r in (one, two))
-    for key in a:
-        torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=0)
+    assert_same_training(one, two)
     mine, theirs = read_metrics(one), read_metrics(two)
     assert [r["iteration"] for r in mine] == [r["iteration"] for r in theirs]
     for x, y in zip(mine, theirs):
@@ -124,10 +125,28 @@ def test_reptile_under_two_processes_matches_one(tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stderr
     ok("train", *tiny(tmp_path / "single", *args))
-    a = load_pt(only_child(tmp_path / "single") / "checkpoints" / "last.pt")["params"]
-    b = load_pt(only_child(tmp_path / "ddp") / "checkpoints" / "last.pt")["params"]
+    assert_same_training(only_child(tmp_path / "single"), only_child(tmp_path / "ddp"))
+
+
+ROUNDING_OF_THE_UPDATE = 1e-3
+"""How far two process layouts' weights may differ after the same few steps, as a fraction of how
+far the steps moved them (the largest |w_T − w_0| of any tensor). The layouts' meta-gradients
+differ by float32 rounding (≈1e-7 relative per reduction), which the second-order inner loop and
+three steps of SGD at β = 0.5 amplify to ~1e-5 of the update (1.45e-6 absolute seen on a loaded
+machine, which an absolute 1e-6 refused); a wrong share or reduction (a task dropped, counted
+twice, or mis-weighted) changes the update by a sizeable fraction of itself."""
+
+
+def assert_same_training(one: Path, two: Path) -> None:
+    """Runs `one` and `two` (same config, other process layouts) trained to the same weights, up to
+    ROUNDING_OF_THE_UPDATE of how far they moved from their common initial weights."""
+    record = load_pt(one / "checkpoints" / "last.pt")
+    a, b = record["params"], load_pt(two / "checkpoints" / "last.pt")["params"]
+    start = build_learner(load_run_config(one), torch.device("cpu"), record["train_classes"]).params
+    moved = max(float((a[k] - start[k].detach()).abs().max()) for k in a)
+    assert moved > 1e-3  # the steps trained
     for key in a:
-        torch.testing.assert_close(b[key], a[key], atol=1e-6, rtol=0)
+        torch.testing.assert_close(b[key], a[key], atol=ROUNDING_OF_THE_UPDATE * moved, rtol=0)
 
 
 class _Ranks(ProcessGroup):
