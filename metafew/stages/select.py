@@ -55,13 +55,15 @@ need unlabeled pictures are dropped when there are none."""
 
 @dataclass(frozen=True)
 class Estimate:
-    """One candidate's cross-validated accuracy: `correct` of `pictures`, with its 95% interval."""
+    """One candidate's cross-validated accuracy: `correct` of `pictures`, with its 95% interval,
+    fitted as a seed ensemble of `members` in every fold."""
 
     run: Path
     overrides: str
     correct: int
     pictures: int
     seconds: float
+    members: int
 
     @property
     def accuracy(self) -> float:
@@ -79,6 +81,7 @@ class Estimate:
             "accuracy": self.accuracy,
             "ci95": [low, high],
             "pictures": self.pictures,
+            "members": self.members,
             "seconds": round(self.seconds, 1),
         }
 
@@ -167,7 +170,8 @@ def select_run(
         correct = cross_validate(
             cfg, learner, novel, pool, folds, stop_requested=stop_requested, advance=fold_done
         )
-        return Estimate(run, candidate, int(correct.sum()), len(correct), time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        return Estimate(run, candidate, int(correct.sum()), len(correct), seconds, cfg.finetune.members)
 
     estimates = []
     with nothing_written("select"):

@@ -72,53 +72,43 @@ def test_finetune_rejects_a_bad_recipe_value_in_one_line(run: Path) -> None:
     assert_user_error(invoke("finetune", run, "task.ways=4"), 2, "task.*")
 
 
-def test_select_reports_every_candidate_and_fine_tunes_the_best(run: Path) -> None:
+def selected(run: Path, *args: str) -> tuple[dict, str]:
+    """`metafew select RUN --folds 3 ARGS`: the new model's finetune.json and what was printed."""
     before = children(run / "finetune")
-    result = ok(
-        "select",
-        run,
-        "--folds",
-        "3",
-        "--candidate",
-        "finetune.steps=0",
-        "--candidate",
-        "finetune.steps=4 finetune.unlabeled=entropy",
+    result = ok("select", run, "--folds", "3", *args)
+    return json.loads((new_child(run / "finetune", before) / "finetune.json").read_text()), result.stdout
+
+
+def test_select_reports_every_candidate_and_fine_tunes_the_best(run: Path) -> None:
+    info, stdout = selected(
+        run, "--candidate", "finetune.steps=0", "--candidate", "finetune.steps=4 finetune.unlabeled=entropy"
     )
-    info = json.loads((new_child(run / "finetune", before) / "finetune.json").read_text())
     selection = info["selection"]
     assert selection["folds"] == 3 and len(selection["candidates"]) == 2
     for c in selection["candidates"]:
         assert c["pictures"] == 18 and c["ci95"][0] <= c["accuracy"] <= c["ci95"][1]
-        assert f"{100 * c['accuracy']:5.1f}%" in result.stdout
+        assert f"{100 * c['accuracy']:5.1f}%" in stdout
     best = max(selection["candidates"], key=lambda c: c["accuracy"])  # max keeps the first of equals
     assert selection["chosen"] == best
     again = selection["estimate"]  # the winner once more, on fresh folds
     assert again["overrides"] == best["overrides"] and again["pictures"] == 18
-    assert f"these classes {100 * again['accuracy']:.1f}%" in result.stdout
+    assert f"these classes {100 * again['accuracy']:.1f}%" in stdout
     assert info["finetune"]["steps"] == (
         0 if best["overrides"] == "finetune.steps=0" else info["finetune"]["steps"]
     )
-    assert "estimated accuracy on new pictures of these classes" in result.stdout
+    assert "estimated accuracy on new pictures of these classes" in stdout
 
 
 def test_select_compares_single_models_then_estimates_and_fits_the_ensemble(run: Path) -> None:
-    before = children(run / "finetune")
-    result = ok(
-        "select",
-        run,
-        "--folds",
-        "3",
-        "--candidate",
-        "finetune.steps=2 finetune.holdout=0",
-        "--set",
-        "finetune.members=2",
-    )
-    info = json.loads((new_child(run / "finetune", before) / "finetune.json").read_text())
+    recipe = "finetune.steps=2 finetune.holdout=0"
+    info, stdout = selected(run, "--candidate", recipe, "--set", "finetune.members=2")
     selection = info["selection"]
     assert len(selection["candidates"]) == 1 and selection["chosen"] == selection["candidates"][0]
-    assert selection["estimate"]["overrides"] == selection["chosen"]["overrides"]  # estimated once more
+    assert selection["chosen"]["members"] == 1  # compared as one model ...
+    again = selection["estimate"]  # ... then estimated once more as the ensemble that is fitted
+    assert again["overrides"] == selection["chosen"]["overrides"] and again["members"] == 2
     assert info["finetune"]["members"] == 2 and info["member_steps"] == [2, 2]
-    assert "as a seed ensemble of 2" in result.stdout and "2 members of 2/2 steps" in result.stdout
+    assert "as a seed ensemble of 2" in stdout and "2 members of 2/2 steps" in stdout
 
 
 def test_select_refuses_more_folds_than_pictures(run: Path) -> None:
