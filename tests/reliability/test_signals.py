@@ -139,13 +139,19 @@ class Command:
         return code, took
 
     def stop(self, sig: int) -> tuple[int, float, str]:
-        """`signal`, and the one line on stderr (no traceback): (exit code, seconds, line)."""
+        """`signal`, and the one error line on stderr (no traceback; before it, at most the
+        progress lines a job log gets, "<command>: <phase> done/total ..."): (exit code, seconds,
+        line)."""
         code, took = self.signal(sig)
         text = self.stderr
         assert "Traceback" not in text, text
-        lines = text.strip().splitlines()
-        assert len(lines) == 1, f"expected one line on stderr, got:\n{text}"
-        return code, took, lines[0]
+        *progress, last = text.strip().splitlines() or [""]
+        assert all(line.startswith(f"{self.name}: ") for line in progress), f"expected one line:\n{text}"
+        return code, took, last
+
+    def logs(self, words: str) -> Callable[[], bool]:
+        """An event: a line on stderr holds `words` (a progress line of a phase under way)."""
+        return lambda: words in self.stderr
 
 
 Start = Callable[..., Command]
@@ -344,14 +350,14 @@ def test_signal_during_eval_exits_within_seconds_and_writes_nothing(
     run, _ = trained
     before = set((run / "eval").glob("*.json"))
     # 4 episodes per call, as validation runs with the seed config: the stop is checked between
-    # calls, and 16 tiny episodes took 6 s on a loaded 2-core machine
-    evaluation = start("eval", run, "eval.episodes=1000000", "eval.chunk_size=4")
-    evaluation.wait_for("its signal handlers", lambda: evaluation.catches(signal.SIGTERM))
-    # data and checkpoint load in well under a CPU-second: then it is among the episodes
-    evaluation.wait_for("3 CPU-seconds of eval", evaluation.after_cpu(3.0))
+    # calls. A job log gets a progress line every tenth (40 episodes): once the first is there it
+    # is among the episodes, with 360 to go (16 tiny episodes took 6 s on a loaded 2-core machine,
+    # and loading the data alone once took CI more than 3 CPU-seconds, so no CPU-time guess)
+    evaluation = start("eval", run, "eval.episodes=400", "eval.chunk_size=4")
+    evaluation.wait_for("the first tenth of the episodes", evaluation.logs("eval: test episodes 40/400"))
     code, took, line = evaluation.stop(sig)
     assert code == 130 and took < BOUND_S, (code, took, line)
-    assert line.startswith("error: stopped during eval after ") and " of 1000000 episodes" in line, line
+    assert line.startswith("error: stopped during eval after ") and " of 400 episodes" in line, line
     assert line.endswith("; nothing written")
     assert set((run / "eval").glob("*.json")) == before
 
