@@ -45,6 +45,9 @@ class Entry:
     peak_mb: float | None = None
     predict_accuracy: float | None = None
     error: str | None = None
+    eval_file: str | None = None
+    paired: float | None = None  # accuracy − the first evaluated row's, episode by episode
+    paired_ci95: float | None = None
 
 
 def start_metafew(args: list[str], log: Path, append: bool = False) -> subprocess.Popen[bytes]:
@@ -78,11 +81,15 @@ def _last_line(text: str) -> str:
     return lines[-1] if lines else "no output"
 
 
-def _latest_json(folder: Path, pattern: str) -> dict:
+def _latest(folder: Path, pattern: str) -> Path:
     files = sorted(folder.glob(pattern), key=lambda p: p.stat().st_mtime_ns)
     if not files:
         raise RunError(f"no {pattern} under {folder}")
-    return json.loads(files[-1].read_text(encoding="utf-8"))
+    return files[-1]
+
+
+def _latest_json(folder: Path, pattern: str) -> dict:
+    return json.loads(_latest(folder, pattern).read_text(encoding="utf-8"))
 
 
 def compare_one(
@@ -111,8 +118,9 @@ def compare_one(
     if evaluation.code != 0:
         entry.error = f"eval exited {evaluation.code}: {_last_line(evaluation.stdout)}"
         return entry
-    result = _latest_json(run / "eval", "*.json")
-    entry.accuracy, entry.ci95 = result["accuracy"], result["ci95"]
+    path = _latest(run / "eval", "*.json")
+    result = json.loads(path.read_text(encoding="utf-8"))
+    entry.accuracy, entry.ci95, entry.eval_file = result["accuracy"], result["ci95"], str(path)
     if predict:
         stage("finetune + predict")
         tuned = run_metafew(["finetune", str(run)], out / f"{label}.finetune.log")
@@ -126,20 +134,40 @@ def compare_one(
     return entry
 
 
+def pair_with_first(entries: list[Entry]) -> None:
+    """Set every evaluated entry's paired difference to the first evaluated one (the same seeded
+    episodes: stages.paired_results); left None where the episodes differ (another N or K)."""
+    from metafew.stages import paired_results
+
+    evaluated = [e for e in entries if e.eval_file is not None]
+    for e in evaluated:
+        try:
+            rows, _ = paired_results([Path(evaluated[0].eval_file or ""), Path(e.eval_file or "")])
+        except MetafewError:
+            continue
+        e.paired, e.paired_ci95 = rows[1].difference, rows[1].difference_ci95
+
+
 def format_table(entries: list[Entry], episodes: int) -> str:
     """The comparison as a Markdown table."""
+    reference = next((e.label for e in entries if e.paired is not None), "the first")
     rows = [
-        f"| algorithm | test accuracy ({episodes} episodes, 95% CI) | unlabeled accuracy "
-        "| train time | peak RSS |",
-        "|---|---|---|---|---|",
+        f"| algorithm | test accuracy ({episodes} episodes, 95% CI) | − {reference}, paired "
+        "| unlabeled accuracy | train time | peak RSS |",
+        "|---|---|---|---|---|---|",
     ]
     for e in entries:
         if e.error:
-            rows.append(f"| {e.label} | failed: {e.error} | | | |")
+            rows.append(f"| {e.label} | failed: {e.error} | | | | |")
             continue
         acc = "-" if e.accuracy is None or e.ci95 is None else f"{100 * e.accuracy:.2f} ± {100 * e.ci95:.2f}%"
+        paired = "-"
+        if e.paired is not None and e.paired_ci95 is not None:
+            paired = f"{100 * e.paired:+.2f} ± {100 * e.paired_ci95:.2f}"
         pred = f"{100 * e.predict_accuracy:.1f}%" if e.predict_accuracy is not None else "-"
-        rows.append(f"| {e.label} | {acc} | {pred} | {e.train_seconds:.0f} s | {e.peak_mb:.0f} MB |")
+        rows.append(
+            f"| {e.label} | {acc} | {paired} | {pred} | {e.train_seconds:.0f} s | {e.peak_mb:.0f} MB |"
+        )
     return "\n".join(rows) + "\n"
 
 
@@ -175,6 +203,7 @@ def compare(
                 progress(f"{label}: {name}")
 
         entries.append(compare_one(label, config, overrides, out, episodes, seed, predict, stage))
+        pair_with_first(entries)
         finished = first + per_config  # a failed stage skips the rest of its config
         advance("stages", finished, total)
         summary = {

@@ -136,6 +136,45 @@ def compare_configs(
         console.print(f"saved: {folder / 'comparison.md'} and comparison.json (logs beside them)")
 
 
+def diff(
+    results: Annotated[
+        list[Path],
+        typer.Argument(
+            help="eval/*.json files of the same test episodes; each is compared with the first",
+            show_default=False,
+        ),
+    ],
+) -> None:
+    """Paired differences of eval results on the same seeded episodes: which is better, and how sure.
+
+    Each result's accuracy minus the first's, episode by episode, with a 95% CI of that mean:
+    narrower than the accuracies' own intervals, because what makes an episode hard for one model
+    makes it hard for the others."""
+    from metafew.stages import paired_results
+
+    with user_errors():
+        if len(results) < 2:
+            raise ConfigError("give two or more eval/*.json files: the others are compared with the first")
+        rows, warnings = paired_results(results)
+    for warning in warnings:
+        note(f"warning: {warning}")
+    first = rows[0]
+    console.print(
+        f"{first.episodes} episodes; first: {first.path}, "
+        f"{100 * first.accuracy:.2f} ± {100 * first.ci95:.2f}%",
+        highlight=False,
+    )
+    for row in rows[1:]:
+        console.print(
+            f"{row.path}: {100 * row.accuracy:.2f} ± {100 * row.ci95:.2f}%, "
+            f"{100 * row.difference:+.2f} ± {100 * row.difference_ci95:.2f} points paired ({row.verdict}; "
+            f"above the first on {row.better} episodes, below on {row.worse}); "
+            f"{' '.join(row.changed) or 'same settings'}",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
 def show_config(
     config: ConfigFiles = None,
     overrides: Overrides = None,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -58,10 +57,11 @@ def _curves(paths: list[Path], metric: str, x: str, out: Path) -> str:
 
 def _histogram(paths: list[Path], out: Path) -> str:
     from metafew.plots import plot_episode_histogram
+    from metafew.stages.evaluate import read_result
 
     if len(paths) != 1:
         raise ConfigError("an eval .json file is plotted alone (a histogram); give one file, or run folders")
-    result = _read_eval(paths[0])
+    result = read_result(paths[0])
     title = (
         f"{result.get('ways')}-way {result.get('shots')}-shot, {len(result['per_episode'])} test episodes "
         f"({result.get('checkpoint', '?')} checkpoint, iteration {result.get('meta_iteration', '?')})"
@@ -71,18 +71,3 @@ def _histogram(paths: list[Path], out: Path) -> str:
     except OSError as exc:
         raise RunError(f"cannot write {str(out)!r}: {exc.strerror}; choose another --out") from None
     return f"saved: {out} (per-episode accuracy of {paths[0]})"
-
-
-def _read_eval(path: Path) -> dict:
-    try:
-        result = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise RunError(
-            f"cannot read {str(path)!r} ({exc}); give an eval/*.json file that metafew eval wrote"
-        ) from None
-    if not isinstance(result, dict) or not isinstance(result.get("per_episode"), list):
-        raise RunError(
-            f"{str(path)!r} has no per_episode accuracies (not an eval result, or one from before they "
-            "were kept); run `metafew eval RUN` again"
-        )
-    return result

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +43,14 @@ class LabeledImages:
         """For each class, the [n_c] int64 indices of its images (stable order)."""
         order = torch.argsort(self.labels, stable=True)
         return list(torch.split(order, self.counts()))
+
+    def fingerprint(self) -> str:
+        """16 hex digits of a SHA-256 over the pictures, labels and class names: two sets with the
+        same fingerprint give the same seeded episodes."""
+        digest = hashlib.sha256(self.images.contiguous().numpy().tobytes())
+        digest.update(self.labels.numpy().tobytes())
+        digest.update("\n".join(self.classes).encode("utf-8"))
+        return digest.hexdigest()[:16]
 
 
 @dataclass(frozen=True)

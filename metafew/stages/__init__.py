@@ -8,7 +8,7 @@ result record.
     <run>/finetune/<id>/predict/<stamp>-<id>/{predictions.csv, summary.json, confusion.csv, confusion.png}
 """
 
-from metafew.stages.evaluate import EvalResult, evaluate_run
+from metafew.stages.evaluate import EvalResult, Paired, evaluate_run, paired_results, read_result
 from metafew.stages.finetune import FinetuneResult, finetune_run
 from metafew.stages.predict import PredictResult, predict_run, spreadsheet_safe, write_predictions
 from metafew.stages.select import Estimate, select_run
@@ -17,10 +17,13 @@ __all__ = [
     "Estimate",
     "EvalResult",
     "FinetuneResult",
+    "Paired",
     "PredictResult",
     "evaluate_run",
     "finetune_run",
+    "paired_results",
     "predict_run",
+    "read_result",
     "select_run",
     "spreadsheet_safe",
     "write_predictions",
