@@ -85,6 +85,11 @@ def test_diff_refuses_other_episodes_one_file_and_files_that_are_not_results(
     first, _, other_seed = evals
     assert_user_error(invoke("diff", first, other_seed), 2, str(other_seed), "seed 7 against 1234")
     assert_user_error(invoke("diff", first), 2, "two or more")
+    elsewhere = json.loads(first.read_text())
+    elsewhere["novel"] = "0" * 16  # the same seed and counts on other test pictures
+    other_pictures = tmp_path / "other_pictures.json"
+    other_pictures.write_text(json.dumps(elsewhere))
+    assert_user_error(invoke("diff", first, other_pictures), 2, "other_pictures.json", "novel")
     bogus = tmp_path / "bogus.json"
     bogus.write_text('{"accuracy": 0.5}')
     assert_user_error(invoke("diff", first, bogus), 4, "bogus.json", "per_episode")
