@@ -270,7 +270,8 @@ class AugmentConfig:
 @dataclass
 class FinetuneConfig:
     """M_meta -> M_finetune on the labeled novel pictures: the algorithm's own adaptation, then
-    `steps` optimizer steps on them (early-stopped on a held-out part, then refitted on all)."""
+    `steps` optimizer steps on them (with `holdout` > 0: early-stopped on a held-out part, then
+    refitted on all)."""
 
     adapt_steps: int | None = param(
         None, "steps of the algorithm's own adaptation first (null: algorithm.eval_inner_steps)", ge=0
@@ -278,7 +279,9 @@ class FinetuneConfig:
     adapt_lr: float | None = param(
         None, "its step size (null: the algorithm's own: α, or learned step sizes)", gt=0
     )
-    steps: int = param(100, "optimizer steps after the adaptation (the most, with holdout; 0: none)", ge=0)
+    steps: int = param(
+        100, "optimizer steps after the adaptation (with holdout > 0: the most; 0: none)", ge=0
+    )
     optimizer: str = param("adam", "optimizer of those steps", choices=("adam", "sgd"))
     lr: float = param(1e-3, "its learning rate (SGD: with momentum 0.9)", gt=0, le=100)
     weight_decay: float = param(0.0, "L2 weight decay of the optimizer", ge=0)
@@ -287,9 +290,9 @@ class FinetuneConfig:
     )
     batch_size: int = param(0, "labeled pictures per step (0: all of them)", ge=0)
     holdout: float = param(
-        0.2,
+        0.0,
         "fraction of each class held out to pick the step count (early stopping), then refit on all "
-        "(0: run all steps)",
+        "(0: run all steps; chosen on validation sets, BENCHMARKS 7h)",
         ge=0,
         le=0.5,
     )

@@ -47,7 +47,14 @@ def probabilities(predict_dir: Path) -> dict[str, np.ndarray]:
 
 def test_finetune_records_the_recipe_it_used(run: Path) -> None:
     before = children(run / "finetune")
-    result = ok("finetune", run, "finetune.steps=20", "finetune.eval_every=5", "augment.rotate=5")
+    result = ok(
+        "finetune",
+        run,
+        "finetune.steps=20",
+        "finetune.holdout=0.2",
+        "finetune.eval_every=5",
+        "augment.rotate=5",
+    )
     info = json.loads((new_child(run / "finetune", before) / "finetune.json").read_text())
     assert info["finetune"]["steps"] == 20 and info["finetune"]["optimizer"] == "adam"
     assert info["augment"]["rotate"] == 5.0 and info["augment"]["flip"] is False  # glyphs: no flips
@@ -100,7 +107,7 @@ def test_select_reports_every_candidate_and_fine_tunes_the_best(run: Path) -> No
 
 
 def test_select_compares_single_models_then_estimates_and_fits_the_ensemble(run: Path) -> None:
-    recipe = "finetune.steps=2 finetune.holdout=0"
+    recipe = "finetune.steps=2"  # the default runs every step: no held-out search
     info, stdout = selected(run, "--candidate", recipe, "--set", "finetune.members=2")
     selection = info["selection"]
     assert len(selection["candidates"]) == 1 and selection["chosen"] == selection["candidates"][0]
@@ -108,6 +115,7 @@ def test_select_compares_single_models_then_estimates_and_fits_the_ensemble(run:
     again = selection["estimate"]  # ... then estimated once more as the ensemble that is fitted
     assert again["overrides"] == selection["chosen"]["overrides"] and again["members"] == 2
     assert info["finetune"]["members"] == 2 and info["member_steps"] == [2, 2]
+    assert info["finetune"]["holdout"] == 0 and info["holdout_curve"] == []
     assert "as a seed ensemble of 2" in stdout and "2 members of 2/2 steps" in stdout
 
 
