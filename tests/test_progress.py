@@ -19,8 +19,8 @@ from metafew.learner import build_learner
 from metafew.selection import cross_validate
 
 
-def _learner():
-    cfg = load_config(None, [*TINY_ARGS, "finetune.steps=4", "finetune.eval_every=2"])
+def _learner(*overrides: str):
+    cfg = load_config(None, [*TINY_ARGS, "finetune.steps=4", "finetune.eval_every=2", *overrides])
     data = load_data(cfg.data)
     return cfg, data, build_learner(cfg, torch.device("cpu"), len(data.meta_train.classes))
 
@@ -36,13 +36,22 @@ def test_evaluate_reports_every_chunk_up_to_the_total() -> None:
 
 
 def test_fit_reports_both_phases_step_by_step() -> None:
-    cfg, data, learner = _learner()
+    cfg, data, learner = _learner("finetune.holdout=0.2")
     heard: list[tuple[str, int, int]] = []
     fitted = fit(cfg, learner, data.novel.images, data.novel.labels, advance=lambda *a: heard.append(a))
     search = [h for h in heard if "held-out" in h[0]]
     refit = [h for h in heard if "held-out" not in h[0]]
     assert [h[1] for h in search] == [1, 2, 3, 4] and {h[2] for h in search} == {4}
     assert [h[1] for h in refit] == list(range(1, fitted.steps + 1))
+
+
+def test_fit_without_a_holdout_reports_one_phase_of_all_steps() -> None:
+    cfg, data, learner = _learner()
+    assert cfg.finetune.holdout == 0
+    heard: list[tuple[str, int, int]] = []
+    fit(cfg, learner, data.novel.images, data.novel.labels, advance=lambda *a: heard.append(a))
+    assert not [h for h in heard if "held-out" in h[0]]
+    assert [h[1] for h in heard] == [1, 2, 3, 4] and {h[2] for h in heard} == {4}
 
 
 def test_cross_validation_and_prediction_report_their_units() -> None:
