@@ -1,8 +1,8 @@
 """Issue 13, item 5: equal compute against learn2learn, the same wall time on the same data.
 
     python benchmarks/equal_compute.py [--minutes 15,60] [--episodes 600] [--seed 1234] [--threads 2]
-        [--scale 1] [--omniglot ../shared/datasets/omniglot] [--peers-python /work/peers-venv/bin/python]
-        [--out runs/equal-compute]
+        [--scale 1] [--together] [--omniglot ../shared/datasets/omniglot]
+        [--peers-python /work/peers-venv/bin/python] [--out runs/equal-compute]
 
 What is measured: test accuracy of second-order MAML on Omniglot 5-way 1-shot after the same
 minutes of training, once by metafew (`metafew train -c omniglot_maml_5w1s`) and once by
@@ -27,10 +27,13 @@ config), the meta-train pictures (exported from metafew's data loading of the ru
 Greek, Korean, Latin and their 90/180/270° rotations, as uint8; the child draws its own 5-way
 1-shot 15-query tasks from them), torch.set_num_threads(--threads), glibc's malloc tuning (the
 child gets metafew's mallopt settings through MALLOC_MMAP_MAX_ and MALLOC_TRIM_THRESHOLD_) and
-the CPU: the sides run one after the other, never at once. Not equal, in metafew's disfavour:
-its minutes include its validations (100 Early_Aramaic episodes every 500 updates, ~2%) and
-checkpoint writes, but for those after its last step (minutes trained: the elapsed_s of the last
-step's line in metrics.jsonl, which train.time_limit is checked against).
+the CPU: the sides run one after the other, never at once, or with `--together` both at once
+(`--threads 1` on 2 cores: one core each, the same memory bus and caches shared alike, and any
+other load on the machine falls on both), which measures 15 and 60 minutes in 60 minutes of wall
+time instead of 120; scoring runs between the stages, when neither side trains. Not equal, in
+metafew's disfavour: its minutes include its validations (100 Early_Aramaic episodes every 500
+updates, ~2%) and checkpoint writes, but for those after its last step (minutes trained: the
+elapsed_s of the last step's line in metrics.jsonl, which train.time_limit is checked against).
 
 Scoring: one function (`score`) scores both sides' weights on the same `--episodes` seeded test
 episodes (eval.seed `--seed`) of Japanese (katakana), Sanskrit and Tagalog through metafew's
@@ -56,6 +59,7 @@ import os
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -222,6 +226,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "seed": args.seed,
         "threads": args.threads,
         "scale": args.scale,
+        "together": args.together,
     }
 
 
@@ -255,9 +260,10 @@ def format_table(points: list[Point], info: dict[str, Any]) -> str:
     order = {name: k for k, name in enumerate(IMPLEMENTATIONS)}
     rows = sorted(points, key=lambda p: (p.limit_minutes, order.get(p.implementation, len(order))))
     scaled = f", limits × {info['scale']:g} (--scale)" if info.get("scale", 1) != 1 else ""
+    together = " each, both sides at once (--together)" if info.get("together") else ""
     lines = [
         f"{info['recipe']} trained by each implementation for the same wall time on "
-        f"{info['threads']} CPU thread(s){scaled}; accuracy of the last weights at each limit on "
+        f"{info['threads']} CPU thread(s){together}{scaled}; accuracy of the last weights at each limit on "
         f"{info['episodes']} seeded test episodes (eval.seed {info['seed']}) through metafew's "
         "evaluator, mean ± 95% CI.",
         "",
@@ -390,15 +396,23 @@ def metafew_run(out: Path) -> Path:
     return folders[-1]
 
 
-def measure_metafew(limit: float, args: argparse.Namespace) -> Point:
-    """Train metafew's run to `limit` minutes (start or resume), save last.pt's weights, score them."""
+def recipe_sets(args: argparse.Namespace) -> list[str]:
+    """The --set overrides of metafew's run (and of the config the learn2learn child reads)."""
+    return [f"data.root={args.omniglot}", f"runtime.threads={args.threads}", "runtime.device=cpu"]
+
+
+def train_metafew(limit: float, args: argparse.Namespace) -> Path:
+    """Train metafew's run to `limit` minutes (start or resume); its run folder."""
+    tta = sibling("time_to_accuracy")
+    return tta.train_stage(tta.Recipe("metafew", RECIPE), limit, recipe_sets(args), args.out)
+
+
+def score_metafew(limit: float, args: argparse.Namespace, run: Path) -> Point:
+    """Save last.pt's weights as metafew/at-<limit>min.pt and score them."""
     from metafew.checkpoints import load_meta
     from metafew.launch import load_run_data
     from metafew.runs import read_done, read_metrics
 
-    tta = sibling("time_to_accuracy")
-    sets = [f"data.root={args.omniglot}", f"runtime.threads={args.threads}", "runtime.device=cpu"]
-    run = tta.train_stage(tta.Recipe("metafew", RECIPE), limit, sets, args.out)
     saved, done = load_meta(run / "checkpoints" / "last.pt"), read_done(run) or {}
     if saved.iteration != done.get("iteration"):
         raise RuntimeError(f"{run}: last.pt is at iteration {saved.iteration}, done.json says {done}")
@@ -421,46 +435,76 @@ def trained_seconds(records: list[dict[str, Any]], iteration: int) -> float:
     return float(found[-1])
 
 
-def measure_learn2learn(limit: float, args: argparse.Namespace, previous: Point | None) -> Point:
-    """Train learn2learn's MAML to `limit` minutes in a child (continuing from `previous`'s state),
-    score the weights it saved."""
+def train_learn2learn(limit: float, args: argparse.Namespace, previous: Point | None) -> Path:
+    """Train learn2learn's MAML to `limit` minutes in a child (continuing from `previous`'s state);
+    the state it saved. Its pictures and initial weights come from the recipe's config with
+    recipe_sets, as metafew's run builds them, so that the two sides can start at once."""
+    from metafew.config_load import load_config
+    from metafew.launch import load_run_data
+
+    cfg = load_config(RECIPE, recipe_sets(args))
+    work = args.out / "learn2learn"
+    work.mkdir(parents=True, exist_ok=True)
+    if not (work / "meta_train.pt").is_file() or not (work / "init.pt").is_file():
+        data = load_run_data(cfg)
+        export_meta_train(data, work / "meta_train.pt")
+        torch.save(initial_weights(cfg, len(data.meta_train.classes)), work / "init.pt")
+    save = work / f"at-{limit:g}min.pt"
+    if save.is_file():  # trained before, not yet scored
+        return save
+    paths = {
+        "data": str(work / "meta_train.pt"),
+        "init": str(work / "init.pt"),
+        "resume": previous.weights if previous else None,
+        "save": str(save),
+    }
+    spec_path = work / f"spec-{limit:g}min.json"
+    spec_path.write_text(json.dumps(peer_spec(cfg, args.threads, 60 * limit, paths), indent=2))
+    log = args.out / f"learn2learn.{limit:g}.train.log"
+    with log.open("w", encoding="utf-8") as handle:
+        code = subprocess.run(
+            [args.peers_python, str(Path(__file__).resolve()), "--child", str(spec_path)],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            env=dict(os.environ, **MALLOC),
+        ).returncode
+    if code != 0:
+        tail = [line for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
+        raise RuntimeError(
+            f"learn2learn child exited {code}: {tail[-1] if tail else 'no output'} (log {log})"
+        )
+    return save
+
+
+def score_learn2learn(limit: float, args: argparse.Namespace, save: Path) -> Point:
+    """Score the weights the learn2learn child saved at `limit` minutes."""
     from metafew.launch import load_run_data
 
     run = metafew_run(args.out)
     cfg = eval_config(run, args.episodes, args.seed)
     data = load_run_data(cfg, run)
-    work = args.out / "learn2learn"
-    work.mkdir(parents=True, exist_ok=True)
-    if not (work / "meta_train.pt").is_file():
-        export_meta_train(data, work / "meta_train.pt")
-    if not (work / "init.pt").is_file():
-        torch.save(initial_weights(cfg, len(data.meta_train.classes)), work / "init.pt")
-    save = work / f"at-{limit:g}min.pt"
-    if not save.is_file():  # else trained before, not yet scored
-        paths = {
-            "data": str(work / "meta_train.pt"),
-            "init": str(work / "init.pt"),
-            "resume": previous.weights if previous else None,
-            "save": str(save),
-        }
-        spec_path = work / f"spec-{limit:g}min.json"
-        spec_path.write_text(json.dumps(peer_spec(cfg, args.threads, 60 * limit, paths), indent=2))
-        log = args.out / f"learn2learn.{limit:g}.train.log"
-        with log.open("w", encoding="utf-8") as handle:
-            code = subprocess.run(
-                [args.peers_python, str(Path(__file__).resolve()), "--child", str(spec_path)],
-                stdout=handle,
-                stderr=subprocess.STDOUT,
-                env=dict(os.environ, **MALLOC),
-            ).returncode
-        if code != 0:
-            tail = [line for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
-            raise RuntimeError(
-                f"learn2learn child exited {code}: {tail[-1] if tail else 'no output'} (log {log})"
-            )
     state = torch.load(save, weights_only=True)
     result = score(cfg, state["params"], len(data.meta_train.classes), data.novel)
     return point("learn2learn", limit, state["iterations"], state["elapsed_s"], cfg, result, save)
+
+
+def train_sides(
+    names: list[str], limit: float, args: argparse.Namespace, points: list[Point]
+) -> dict[str, Path]:
+    """Train each implementation of `names` to `limit` minutes: one after the other, or with
+    --together all at once (one child per side, each on --threads threads); what each left."""
+
+    def train(name: str) -> Path:
+        if name == "metafew":
+            return train_metafew(limit, args)
+        before = [q for q in points if q.implementation == name]
+        return train_learn2learn(limit, args, max(before, key=lambda q: q.limit_minutes) if before else None)
+
+    if not args.together:
+        return {name: train(name) for name in names}
+    with ThreadPoolExecutor(len(names)) as pool:
+        futures = {name: pool.submit(train, name) for name in names}
+        return {name: future.result() for name, future in futures.items()}
 
 
 def point(
@@ -510,6 +554,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads of each side")
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every limit (0.01: a smoke run)")
     parser.add_argument("--omniglot", type=Path, default=shared / "omniglot", help="the minimal zips' folder")
+    parser.add_argument(
+        "--together", action="store_true", help="train both sides at once (pass --threads 1 on 2 cores)"
+    )
     parser.add_argument("--peers-python", default=os.environ.get("METAFEW_PEERS_PYTHON"))
     parser.add_argument("--out", type=Path, default=Path("runs/equal-compute"))
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)
@@ -526,22 +573,24 @@ def main(argv: list[str] | None = None) -> None:
         print(problem, file=sys.stderr)
         raise SystemExit(2)
     limits = sibling("time_to_accuracy").schedule(args.minutes, args.scale)
-    torch.set_num_threads(args.threads)  # the parent's scoring; the sides set their own
+    # the parent's scoring (between the stages, when no side trains); the sides set their own
+    torch.set_num_threads(args.threads * (len(IMPLEMENTATIONS) if args.together else 1))
     args.out.mkdir(parents=True, exist_ok=True)
     args.omniglot = args.omniglot.resolve()
     try:
         points = load_results(args.out / "results.json", settings(args))
         for limit in limits:
-            for name in IMPLEMENTATIONS:
-                if limit not in next_limits(points, name, limits):
-                    continue
-                print(f"{name}: training to {limit:g} min, then scoring", flush=True)
+            names = [name for name in IMPLEMENTATIONS if limit in next_limits(points, name, limits)]
+            if not names:
+                continue
+            how = "at once" if args.together else "one after the other"
+            print(f"{', '.join(names)}: training to {limit:g} min {how}, then scoring", flush=True)
+            trained = train_sides(names, limit, args, points)
+            for name in names:
                 if name == "metafew":
-                    p = measure_metafew(limit, args)
+                    p = score_metafew(limit, args, trained[name])
                 else:
-                    before = [q for q in points if q.implementation == name]
-                    last = max(before, key=lambda q: q.limit_minutes) if before else None
-                    p = measure_learn2learn(limit, args, last)
+                    p = score_learn2learn(limit, args, trained[name])
                 points.append(p)
                 save_results(points, args)
                 print(f"{name} @ {limit:g} min: {100 * p.accuracy:.2f} ± {100 * p.ci95:.2f}%", flush=True)

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -116,7 +118,8 @@ def test_peer_spec_carries_the_recipe_and_refuses_what_the_child_lacks() -> None
 
 def _args(tmp_path: Path, **changes: object) -> argparse.Namespace:
     return argparse.Namespace(
-        **{"episodes": 600, "seed": 1234, "threads": 2, "scale": 1.0, "out": tmp_path} | changes
+        **{"episodes": 600, "seed": 1234, "threads": 2, "scale": 1.0, "together": False, "out": tmp_path}
+        | changes
     )
 
 
@@ -136,6 +139,9 @@ def test_results_json_round_trip_and_table(tmp_path: Path) -> None:
     table = (tmp_path / "results.md").read_text(encoding="utf-8").splitlines()
     assert "2 CPU thread(s); accuracy of the last weights" in table[0]
     assert "600 seeded test episodes (eval.seed 1234)" in table[0] and "--scale" not in table[0]
+    assert "--together" not in table[0]
+    at_once = ec.format_table(_points(), ec.settings(_args(tmp_path, threads=1, together=True)))
+    assert "on 1 CPU thread(s) each, both sides at once (--together); accuracy" in at_once
     assert table[2].startswith("| implementation | minutes limit | minutes trained | iterations |")
     assert table[4:] == [
         "| metafew | 15 | 15.0 | 2870 | 25.5 | 80.12 ± 0.91% |",
@@ -186,3 +192,46 @@ def test_trained_seconds_is_the_last_steps_line_not_the_validation_after_it() ->
     assert ec.trained_seconds(records, 24) == 9.07
     with pytest.raises(RuntimeError, match="iteration 30"):
         ec.trained_seconds(records, 30)
+
+
+def _recording_sides(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[tuple[str, str]]:
+    """Replace both sides' training by 0.2 s sleeps that record when each begins and ends."""
+    events: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def side(name: str) -> Path:
+        with lock:
+            events.append(("start", name))
+        time.sleep(0.2)
+        with lock:
+            events.append(("end", name))
+        return tmp_path / name
+
+    monkeypatch.setattr(ec, "train_metafew", lambda limit, args: side("metafew"))
+    monkeypatch.setattr(ec, "train_learn2learn", lambda limit, args, previous: side("learn2learn"))
+    return events
+
+
+def test_together_trains_both_sides_at_once_and_one_after_the_other_without(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    events = _recording_sides(monkeypatch, tmp_path)
+    names = ["metafew", "learn2learn"]
+    got = ec.train_sides(names, 15.0, _args(tmp_path, together=True), [])
+    assert got == {"metafew": tmp_path / "metafew", "learn2learn": tmp_path / "learn2learn"}
+    # each side sleeps 0.2 s: whatever the machine's load, both have started before either ends
+    assert [kind for kind, _ in events[:2]] == ["start", "start"]
+    events.clear()
+    ec.train_sides(names, 15.0, _args(tmp_path), [])
+    assert events == [
+        ("start", "metafew"),
+        ("end", "metafew"),
+        ("start", "learn2learn"),
+        ("end", "learn2learn"),
+    ]
+
+
+def test_results_of_the_other_layout_are_refused(tmp_path: Path) -> None:
+    ec.save_results(_points(), _args(tmp_path))
+    with pytest.raises(RuntimeError, match="another --out"):
+        ec.load_results(tmp_path / "results.json", ec.settings(_args(tmp_path, together=True)))
