@@ -2,7 +2,7 @@
 
     python benchmarks/time_to_accuracy.py configs/omniglot_maml_5w1s.yaml configs/omniglot_anil_5w1s.yaml \
         --set data.root=../shared/datasets/omniglot --set runtime.threads=1 [--minutes 5,15,30,60] \
-        [--episodes 600] [--seed 1234] [--scale 1] [--out DIR]
+        [--episodes 600] [--seed 1234] [--scale 1] [--jobs 1] [--out DIR]
 
 Each recipe (a config file) is one run, trained in stages: `metafew train -c X ...
 train.time_limit=T1`, then `metafew train --resume RUN train.time_limit=T2`, and so on, so the
@@ -12,6 +12,10 @@ eval.episodes=E eval.seed=S` scores best.pt (chosen on the recipe's validation c
 same seeded test episodes for every recipe. Each point records the accuracy ± 95% CI, the
 minutes actually trained (elapsed_s of the run's last metrics line: the limit is checked after
 each step, so a run overshoots it by up to one step) and the iterations done.
+
+`--jobs J` trains J recipes at once (each its own processes, in command-line order as a job
+frees up; with `--set runtime.threads=1`, `--jobs 2` keeps both cores of this CPU busy: each
+recipe gets one core and its minutes are its own training's wall minutes, spent beside the other job).
 
 `--scale S` multiplies every limit (S = 0.02 turns 5,15,30,60 minutes into 6 to 72 seconds, a
 smoke run). `--set key=value` goes to every `train` (new or resumed: the same values, so the
@@ -31,6 +35,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -284,6 +290,10 @@ def save(recipes: list[Recipe], limits: list[float], args: argparse.Namespace) -
     plot_time_to_accuracy(recipes, args.out / "results.png", args.episodes)
 
 
+SAVING = threading.Lock()
+"""Held while a point is added and the results are written (--jobs: several recipes at once)."""
+
+
 def run_recipe(recipe: Recipe, limits: list[float], recipes: list[Recipe], args: argparse.Namespace) -> None:
     """Every limit not measured yet, in order; a failure ends this recipe, not the others."""
     done_limits = {p.limit_minutes for p in recipe.points}
@@ -292,23 +302,40 @@ def run_recipe(recipe: Recipe, limits: list[float], recipes: list[Recipe], args:
             continue
         last = recipe.points[-1] if recipe.points else None
         if last is not None and last.reason in ENDED_BY_ITSELF:
-            recipe.points.append(Point(**{**asdict(last), "limit_minutes": limit}))  # nothing more trains
+            p = Point(**{**asdict(last), "limit_minutes": limit})  # nothing more trains
         else:
             print(f"{recipe.label}: training to {format_minutes(limit)} min, then eval", flush=True)
             try:
-                recipe.points.append(measure(recipe, limit, args))
+                p = measure(recipe, limit, args)
             except RuntimeError as exc:
-                recipe.error = str(exc)
+                with SAVING:
+                    recipe.error = str(exc)
                 print(f"{recipe.label}: {exc}", file=sys.stderr, flush=True)
                 return
-            p = recipe.points[-1]
             print(
                 f"{recipe.label} @ {format_minutes(limit)} min: {100 * p.accuracy:.2f} ± {100 * p.ci95:.2f}% "
                 f"({p.trained_minutes:.2f} min, {p.iterations} it)",
                 flush=True,
             )
-        recipe.error = None
-        save(recipes, limits, args)
+        with SAVING:
+            recipe.points.append(p)
+            recipe.error = None
+            save(recipes, limits, args)
+
+
+def run_recipes(
+    recipes: list[Recipe], limits: list[float], everything: list[Recipe], args: argparse.Namespace
+) -> None:
+    """run_recipe for each of `recipes`, --jobs of them at a time (each its own train and eval
+    processes, on the runtime.threads of --set), in order of the command line; `everything`: all
+    recipes the results files list."""
+    if args.jobs == 1:
+        for recipe in recipes:
+            run_recipe(recipe, limits, everything, args)
+        return
+    with ThreadPoolExecutor(args.jobs) as pool:
+        for future in [pool.submit(run_recipe, r, limits, everything, args) for r in recipes]:
+            future.result()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -323,7 +350,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--scale", type=float, default=1.0, help="multiply every limit (0.02: a smoke run)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="for every recipe")
     parser.add_argument("--out", type=Path, default=Path("runs/time-to-accuracy"))
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--jobs", type=int, default=1, help="recipes trained at once (2 with runtime.threads=1: one per core)"
+    )
+    args = parser.parse_args(argv)
+    if args.jobs < 1:
+        parser.error(f"--jobs {args.jobs}: give 1 or more recipes at a time")
+    return args
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -335,8 +368,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     known = load_results(args.out / "results.json")
     recipes = [known.pop(label, None) or Recipe(label, str(c)) for label, c in zip(labels, args.configs)]
-    for recipe in list(recipes):
-        run_recipe(recipe, limits, recipes + list(known.values()), args)
+    run_recipes(recipes, limits, recipes + list(known.values()), args)
     recipes += known.values()  # measured earlier in this folder, not named this time: kept
     save(recipes, limits, args)
     print((args.out / "results.md").read_text(encoding="utf-8"))

@@ -1,9 +1,12 @@
 """benchmarks/time_to_accuracy.py: its pure parts (the limits, the resume decision, the table and
-results.json round trip, the figure); the subprocess parts are covered by its smoke run."""
+results.json round trip, the figure, --jobs); the subprocess parts are covered by its smoke run."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import threading
+import time
 from dataclasses import asdict
 from pathlib import Path
 
@@ -102,3 +105,49 @@ def test_figure_has_one_panel_per_setting(tmp_path: Path) -> None:
     assert Image.open(two).height > Image.open(one).height  # the 20-way panel below the 5-way one
     tta.plot_time_to_accuracy(recipes[2:], tmp_path / "none.png", 600)  # nothing measured: no file
     assert not (tmp_path / "none.png").exists()
+
+
+def _timed_measure(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
+    """Replace measure (train + eval) by a 0.2 s sleep that records when each recipe starts and ends."""
+    events: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def measure(recipe: tta.Recipe, limit: float, args: argparse.Namespace) -> tta.Point:
+        with lock:
+            events.append(("start", recipe.label))
+        time.sleep(0.2)
+        recipe.setting = "5-way 1-shot"
+        with lock:
+            events.append(("end", recipe.label))
+        return tta.Point(limit, limit, 10, "time_limit", 0.5, 0.01, f"{recipe.label}.json")
+
+    monkeypatch.setattr(tta, "measure", measure)
+    return events
+
+
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_jobs_trains_that_many_recipes_at_once_and_keeps_every_point(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, jobs: int
+) -> None:
+    events = _timed_measure(monkeypatch)
+    args = tta.parse_args(["a.yaml", "b.yaml", "c.yaml", "--jobs", str(jobs), "--out", str(tmp_path)])
+    recipes = [tta.Recipe(c.stem, str(c)) for c in args.configs]
+    tta.run_recipes(recipes, [5.0, 15.0], recipes, args)
+    saved = tta.load_results(tmp_path / "results.json")
+    assert [(label, [p.limit_minutes for p in r.points]) for label, r in saved.items()] == [
+        ("a", [5.0, 15.0]),
+        ("b", [5.0, 15.0]),
+        ("c", [5.0, 15.0]),
+    ]
+    if jobs == 1:  # one recipe after the other, each limit in order
+        assert events == [(kind, r) for r in "abc" for _ in range(2) for kind in ("start", "end")]
+    else:  # each stage sleeps 0.2 s: whatever the load, a and b have both started before either ends
+        assert [kind for kind, _ in events[:2]] == ["start", "start"]
+        assert {label for _, label in events[:2]} == {"a", "b"}
+
+
+def test_jobs_below_one_is_refused(capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        tta.parse_args(["a.yaml", "--jobs", "0"])
+    assert exit_info.value.code == 2
+    assert "--jobs 0: give 1 or more" in capsys.readouterr().err
