@@ -39,7 +39,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
 
@@ -294,6 +294,14 @@ SAVING = threading.Lock()
 """Held while a point is added and the results are written (--jobs: several recipes at once)."""
 
 
+def say(line: str, stream: TextIO | None = None) -> None:
+    """`line` to `stream` (None: standard output) in one write: print writes the text and its
+    newline apart, so the lines of recipes trained at once (--jobs) could run together."""
+    out = stream or sys.stdout
+    out.write(line + "\n")
+    out.flush()
+
+
 def run_recipe(recipe: Recipe, limits: list[float], recipes: list[Recipe], args: argparse.Namespace) -> None:
     """Every limit not measured yet, in order; a failure ends this recipe, not the others."""
     done_limits = {p.limit_minutes for p in recipe.points}
@@ -304,18 +312,17 @@ def run_recipe(recipe: Recipe, limits: list[float], recipes: list[Recipe], args:
         if last is not None and last.reason in ENDED_BY_ITSELF:
             p = Point(**{**asdict(last), "limit_minutes": limit})  # nothing more trains
         else:
-            print(f"{recipe.label}: training to {format_minutes(limit)} min, then eval", flush=True)
+            say(f"{recipe.label}: training to {format_minutes(limit)} min, then eval")
             try:
                 p = measure(recipe, limit, args)
             except RuntimeError as exc:
                 with SAVING:
                     recipe.error = str(exc)
-                print(f"{recipe.label}: {exc}", file=sys.stderr, flush=True)
+                say(f"{recipe.label}: {exc}", sys.stderr)
                 return
-            print(
+            say(
                 f"{recipe.label} @ {format_minutes(limit)} min: {100 * p.accuracy:.2f} ± {100 * p.ci95:.2f}% "
-                f"({p.trained_minutes:.2f} min, {p.iterations} it)",
-                flush=True,
+                f"({p.trained_minutes:.2f} min, {p.iterations} it)"
             )
         with SAVING:
             recipe.points.append(p)

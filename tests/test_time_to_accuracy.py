@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import threading
 import time
 from dataclasses import asdict
@@ -151,3 +152,10 @@ def test_jobs_below_one_is_refused(capsys: pytest.CaptureFixture) -> None:
         tta.parse_args(["a.yaml", "--jobs", "0"])
     assert exit_info.value.code == 2
     assert "--jobs 0: give 1 or more" in capsys.readouterr().err
+
+
+def test_say_writes_each_line_whole(capsys: pytest.CaptureFixture) -> None:
+    tta.say("a: training to 5 min, then eval")
+    tta.say("b: bad", sys.stderr)
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("a: training to 5 min, then eval\n", "b: bad\n")
