@@ -235,3 +235,18 @@ def test_results_of_the_other_layout_are_refused(tmp_path: Path) -> None:
     ec.save_results(_points(), _args(tmp_path))
     with pytest.raises(RuntimeError, match="another --out"):
         ec.load_results(tmp_path / "results.json", ec.settings(_args(tmp_path, together=True)))
+
+
+def test_learn2learns_start_is_the_weights_metafews_run_starts_from(
+    tmp_path: Path, omniglot_root: Path
+) -> None:
+    # --together builds learn2learn's initial weights from the recipe before metafew's run exists:
+    # they must be the ones the run itself starts from (its config has the time limit and runs_dir too)
+    args = argparse.Namespace(omniglot=omniglot_root, threads=1)
+    sets = ec.recipe_sets(args)
+    ok("train", "--config", ec.RECIPE, *sets, "train.iterations=1", f"train.runs_dir={tmp_path}")
+    run = only_child(tmp_path)
+    from_recipe = ec.initial_weights(load_config(ec.RECIPE, sets), 456)
+    from_run = ec.initial_weights(ec.eval_config(run, 10, 0), 456)
+    assert from_recipe.keys() == from_run.keys()
+    assert all(from_recipe[k].equal(from_run[k]) for k in from_recipe)
