@@ -336,10 +336,6 @@ def run_recipes(
     """run_recipe for each of `recipes`, --jobs of them at a time (each its own train and eval
     processes, on the runtime.threads of --set), in order of the command line; `everything`: all
     recipes the results files list."""
-    if args.jobs == 1:
-        for recipe in recipes:
-            run_recipe(recipe, limits, everything, args)
-        return
     with ThreadPoolExecutor(args.jobs) as pool:
         for future in [pool.submit(run_recipe, r, limits, everything, args) for r in recipes]:
             future.result()
