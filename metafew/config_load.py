@@ -270,18 +270,13 @@ def _check_consistency(cfg: Config) -> None:
             f"model.head = {cfg.model.head!r}: protonet classifies by distance to class means and needs "
             "model.head=linear"
         )
-    if cfg.eval.ways is not None and cfg.eval.ways != cfg.task.ways:
-        if cfg.algorithm.name not in ANY_TEST_WAYS:
-            raise ConfigError(
-                f"eval.ways = {cfg.eval.ways}: {cfg.algorithm.name} meta-learns a {cfg.task.ways}-way head, "
-                f"so its test episodes have task.ways = {cfg.task.ways}; drop eval.ways (only "
-                f"{' and '.join(sorted(ANY_TEST_WAYS))} test another N)"
-            )
-        if cfg.eval.finetune:
-            raise ConfigError(
-                f"eval.ways = {cfg.eval.ways} with eval.finetune = true: the fine-tuning recipe trains the "
-                f"model's {cfg.task.ways}-way head; drop one of them"
-            )
+    other_ways = cfg.eval.ways is not None and cfg.eval.ways != cfg.task.ways
+    if other_ways and cfg.algorithm.name not in ANY_TEST_WAYS:
+        raise ConfigError(
+            f"eval.ways = {cfg.eval.ways}: {cfg.algorithm.name} meta-learns a {cfg.task.ways}-way head, "
+            f"so its test episodes have task.ways = {cfg.task.ways}; drop eval.ways (only "
+            f"{' and '.join(sorted(ANY_TEST_WAYS))} test another N)"
+        )
     if cfg.logging.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise ConfigError(
             "logging.tensorboard = true needs the tensorboard package: pip install 'metafew[tensorboard]' "

@@ -94,18 +94,26 @@ def fixmatch_loss(weak: torch.Tensor, strong: torch.Tensor, threshold: float) ->
 
 
 def soft_kmeans_head(
-    learner: Learner, params: Params, x: torch.Tensor, y: torch.Tensor, unlabeled: torch.Tensor, ways: int
+    learner: Learner,
+    params: Params,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    unlabeled: torch.Tensor,
+    ways: int,
+    steps: int = 1,
 ) -> Params:
-    """The prototype head refined by one soft k-means step on the unlabeled embeddings (Ren et
-    al. 2018): c_k = (Σ_{y=k} f(x) + Σ_u z_uk f(u)) / (n_k + Σ_u z_uk), z_u = softmax(−‖f(u) − c‖²)
-    from the labeled prototypes c. x [n, C, H, W], y [n], unlabeled [m, C, H, W], floats."""
+    """The prototype head refined by `steps` soft k-means steps on the unlabeled embeddings (Ren
+    et al. 2018, eq. 3-4): c_k <- (Σ_{y=k} f(x) + Σ_u z_uk f(u)) / (n_k + Σ_u z_uk), with
+    z_u = softmax(−‖f(u) − c‖²) from the previous c, starting at the labeled prototypes.
+    x [n, C, H, W], y [n], unlabeled [m, C, H, W], floats."""
     features = learner.forward(params, torch.cat([x, unlabeled]), embed=True)
     fx, fu = features[: len(x)], features[len(x) :]
-    centers = prototypes(fx, y, ways)
-    z = torch.softmax(-squared_distances(fu, centers), dim=-1)  # [m, ways]
     onehot = F.one_hot(y, ways).to(fx.dtype)
-    refined = (onehot.T @ fx + z.T @ fu) / (onehot.sum(0) + z.sum(0))[:, None]
-    return {**params, **prototype_head(refined)}
+    centers = prototypes(fx, y, ways)
+    for _ in range(steps):
+        z = torch.softmax(-squared_distances(fu, centers), dim=-1)  # [m, ways]
+        centers = (onehot.T @ fx + z.T @ fu) / (onehot.sum(0) + z.sum(0))[:, None]
+    return {**params, **prototype_head(centers)}
 
 
 @dataclass
@@ -127,7 +135,7 @@ def _start(
     with torch.no_grad():  # torch.func.grad still differentiates the inner loop
         params = learner.algorithm.adapt(learner.params, x, y, steps, ft.adapt_lr)
         if ft.unlabeled == "softkmeans" and unlabeled is not None:
-            params = soft_kmeans_head(learner, params, x, y, unlabeled, cfg.task.ways)
+            params = soft_kmeans_head(learner, params, x, y, unlabeled, cfg.task.ways, ft.kmeans_steps)
     return {k: v.detach() for k, v in params.items()}
 
 
@@ -320,7 +328,8 @@ def check_ways(cfg: Config, classes: list[str]) -> None:
     if len(classes) != cfg.task.ways:
         raise DataError(
             f"the model has {cfg.task.ways} outputs (task.ways) but {len(classes)} labeled novel classes "
-            f"were given ({', '.join(classes)}); meta-train with task.ways={len(classes)}"
+            f"were given ({', '.join(classes)}); meta-train with task.ways={len(classes)} (protonet and "
+            "pretrain fine-tune on any number of classes)"
         )
 
 

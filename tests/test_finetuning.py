@@ -81,6 +81,17 @@ def test_soft_kmeans_moves_the_prototypes_towards_the_unlabeled_pictures(
     )
     torch.testing.assert_close(refined["head.weight"], 2 * expected, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(refined["head.bias"], -(expected**2).sum(-1), rtol=1e-4, atol=1e-5)
+    # a second step starts from the first step's prototypes, not the labeled ones
+    z = torch.softmax(-(torch.cdist(fu, expected) ** 2), dim=-1)
+    second = torch.stack(
+        [
+            (fx[y == k].sum(0) + (z[:, k : k + 1] * fu).sum(0)) / ((y == k).sum() + z[:, k].sum())
+            for k in range(3)
+        ]
+    )
+    twice = soft_kmeans_head(learner, params, x, y, x[:3], 3, steps=2)
+    torch.testing.assert_close(twice["head.weight"], 2 * second, rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(second, expected, rtol=1e-3, atol=1e-4)  # the second step moved them
 
 
 def test_zero_steps_is_the_algorithms_own_adaptation(tiny_cfg: Config, learner: Learner, novel) -> None:

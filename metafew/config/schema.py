@@ -308,6 +308,9 @@ class FinetuneConfig:
     unlabeled_weight: float | None = param(
         None, "λ, weight of the unlabeled-picture loss (null: 0.1 for entropy, 1 for fixmatch)", ge=0
     )
+    kmeans_steps: int = param(
+        1, "softkmeans: refinement steps, each from the last step's prototypes (Ren et al. use 1)", ge=1
+    )
     threshold: float = param(0.9, "τ, FixMatch keeps pseudo-labels with confidence ≥ τ", gt=0, le=1)
     strong: float = param(2.0, "FixMatch's strong view: augment.* magnitudes × this", gt=0)
     tta: int = param(1, "views averaged at predict time (test-time augmentation; 1: none)", ge=1, le=64)
@@ -343,6 +346,12 @@ class EvalConfig:
         choices=("transductive", "support"),
     )
     checkpoint: str = param("best", "which checkpoint to evaluate", choices=("best", "last"))
+    split: str = param(
+        "novel",
+        "classes the episodes are drawn from: the novel (test) classes, or the meta-validation ones, "
+        "to choose an eval recipe without the test classes",
+        choices=("novel", "meta_val"),
+    )
     finetune: bool = param(
         False,
         "adapt each episode with the finetune.* recipe instead of the algorithm's own adaptation (its "

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
+from metafew.algorithms import ANY_TEST_WAYS
 from metafew.checkpoints import MetaCheckpoint, load_meta
 from metafew.config import Config
 from metafew.config_load import from_dict, merge, parse_overrides, to_dict
@@ -57,6 +59,21 @@ def meta_learner(
     learner = learner_for(cfg, saved.train_classes, episodes)
     load_params(learner, saved.params, f"checkpoint {str(path)!r}")
     return learner, saved
+
+
+def novel_learner(
+    run: Path, cfg: Config, checkpoint: str, classes: int
+) -> tuple[Config, Learner, MetaCheckpoint]:
+    """The learner of `meta_learner` set up for `classes` labeled novel classes, and the config
+    to fine-tune and save it with: for algorithms that meta-learn no N-way head (protonet,
+    pretrain: their adaptation writes a fresh head) task.ways becomes `classes`, so a ProtoNet
+    trained on 20-way episodes fine-tunes on 5 classes; other algorithms keep their config
+    (finetuning.check_ways then names a mismatch)."""
+    fit_cfg = cfg
+    if cfg.algorithm.name in ANY_TEST_WAYS and classes != cfg.task.ways:
+        fit_cfg = replace(cfg, task=replace(cfg.task, ways=classes), eval=replace(cfg.eval, ways=None))
+    learner, saved = meta_learner(run, cfg, checkpoint, fit_cfg)
+    return fit_cfg, learner, saved
 
 
 StopRequested = Callable[[], bool]

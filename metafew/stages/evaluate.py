@@ -13,7 +13,9 @@ from typing import Any
 import numpy as np
 
 from metafew.augment import augment_spec
+from metafew.config import Config
 from metafew.config_load import episode_setting
+from metafew.data.base import FewShotData, LabeledImages
 from metafew.data.download import Progress as DownloadProgress
 from metafew.errors import ConfigError, RunError
 from metafew.evaluation import confidence_interval, evaluate, paired_difference, queries_per_class
@@ -65,11 +67,11 @@ def evaluate_run(
                 "the algorithm itself); add eval.finetune=true or drop it"
             )
     which = checkpoint_name(checkpoint or cfg.eval.checkpoint)
-    novel = load_run_data(cfg, run, progress).novel
+    novel = episode_classes(cfg, load_run_data(cfg, run, progress))
     check_stop(stop_requested, "eval", "after loading the data")
     test = episode_setting(cfg)  # eval.ways / eval.shots where set
     queries = queries_per_class(test, novel)
-    sampler = EpisodeSampler(novel, test.task.ways, test.task.shots, queries, cfg.eval.seed, "novel")
+    sampler = EpisodeSampler(novel, test.task.ways, test.task.shots, queries, cfg.eval.seed, cfg.eval.split)
     learner, saved = meta_learner(run, cfg, which, test)
     check_stop(stop_requested, "eval", "after loading the checkpoint")
     started = time.perf_counter()
@@ -108,6 +110,7 @@ def evaluate_run(
         ),
         "checkpoint": which,
         "meta_iteration": saved.iteration,
+        "split": cfg.eval.split,
         "seed": cfg.eval.seed,
         "novel": novel.fingerprint(),
         "seconds": time.perf_counter() - started,
@@ -119,15 +122,29 @@ def evaluate_run(
         plot_episode_histogram(
             accs.tolist(),
             path.with_suffix(".png"),
-            f"{test.task.ways}-way {test.task.shots}-shot, {cfg.eval.episodes} test episodes "
+            f"{test.task.ways}-way {test.task.shots}-shot, {cfg.eval.episodes} "
+            f"{'test' if cfg.eval.split == 'novel' else 'validation'} episodes "
             f"({which} checkpoint, iteration {saved.iteration})",
         )
     return EvalResult(path, summary)
 
 
+def episode_classes(cfg: Config, data: FewShotData) -> LabeledImages:
+    """The classes eval.split names: the novel ones, or the meta-validation ones (ConfigError
+    where the run has none)."""
+    if cfg.eval.split == "novel":
+        return data.novel
+    if data.meta_val is None:
+        raise ConfigError(
+            "eval.split = meta_val, but this run has no meta-validation classes (its data.* split holds "
+            "none out); use eval.split=novel, or train with validation classes"
+        )
+    return data.meta_val
+
+
 # What two eval results must share to have scored the same seeded episodes ("novel" is the
-# fingerprint of the test pictures; results written before it was recorded lack it).
-_SAME_EPISODES = ("novel", "seed", "episodes", "ways", "shots", "queries")
+# fingerprint of the episodes' pictures; results written before it was recorded lack it).
+_SAME_EPISODES = ("split", "novel", "seed", "episodes", "ways", "shots", "queries")
 # Settings worth naming when they differ between two results of the same episodes.
 _SETTINGS = ("checkpoint", "meta_iteration", "adaptation", "inner_steps", "norm", "finetune", "augment")
 
@@ -212,8 +229,8 @@ def paired_results(paths: list[Path]) -> tuple[list[Paired], list[str]]:
             if key in first and key in result and result[key] != first[key]:
                 raise ConfigError(
                     f"{path} scored other test episodes than {paths[0]} ({key} {result[key]!r} against "
-                    f"{first[key]!r}); a paired difference needs the same eval.seed, eval.episodes, "
-                    "ways, shots, queries and test pictures: rerun one with the other's"
+                    f"{first[key]!r}); a paired difference needs the same eval.split, eval.seed, "
+                    "eval.episodes, ways, shots, queries and test pictures: rerun one with the other's"
                 )
         accs = np.asarray(result["per_episode"], dtype=np.float64)
         if accs.shape != base.shape:

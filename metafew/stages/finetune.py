@@ -23,8 +23,8 @@ from metafew.stages.common import (
     StopRequested,
     check_stop,
     checkpoint_name,
-    meta_learner,
     nothing_written,
+    novel_learner,
     run_config,
     unlabeled_pictures,
 )
@@ -95,7 +95,7 @@ def finetune_run(
     if cfg.finetune.unlabeled != "none":
         pictures, _ = unlabeled_pictures(cfg, unlabeled, run, progress)
     check_stop(stop_requested, "finetune", "after loading the pictures")
-    learner, saved = meta_learner(run, cfg, which)
+    cfg, learner, saved = novel_learner(run, cfg, which, len(novel.classes))
     check_stop(stop_requested, "finetune", "after loading the checkpoint")
     source = Sources(labeled, unlabeled)
     return fit_and_save(cfg, run, which, learner, saved, novel, pictures, source, {}, stop_requested, advance)

@@ -23,8 +23,8 @@ from metafew.stages.common import (
     StopRequested,
     check_stop,
     checkpoint_name,
-    meta_learner,
     nothing_written,
+    novel_learner,
     run_config,
     unlabeled_pictures,
 )
@@ -165,7 +165,7 @@ def select_run(
     def estimate(run: Path, candidate: str, extra: tuple[str, ...] = (), single: bool = True) -> Estimate:
         compared = (SINGLE,) if single else ()  # a candidate's own finetune.members comes after
         cfg = run_config(run, [*overrides, *compared, *shlex.split(candidate), *extra], SECTIONS)
-        learner, _ = meta_learner(run, cfg, which)
+        cfg, learner, _ = novel_learner(run, cfg, which, len(novel.classes))
         started = time.perf_counter()
         correct = cross_validate(
             cfg, learner, novel, pool, folds, stop_requested=stop_requested, advance=fold_done
@@ -187,7 +187,7 @@ def select_run(
         if len(estimates) > 1 or refitted(best.run, best.overrides):
             fresh = (f"finetune.seed={cfg.finetune.seed + CONFIRM_SEED}",)
             confirmed = estimate(best.run, best.overrides, fresh, single=False)
-    learner, saved = meta_learner(best.run, cfg, which)
+    cfg, learner, saved = novel_learner(best.run, cfg, which, len(novel.classes))
     selection = {
         "folds": folds,
         "chosen": best.record(),
