@@ -182,9 +182,9 @@ def _train(
         if use_unlabeled:
             assert unlabeled is not None
             ub = unlabeled
-            if 0 < ft.batch_size < len(unlabeled):
+            if 0 < ft.unlabeled_batch < len(unlabeled):
                 ub = unlabeled[
-                    torch.randperm(len(unlabeled), generator=generator)[: ft.batch_size].to(x.device)
+                    torch.randperm(len(unlabeled), generator=generator)[: ft.unlabeled_batch].to(x.device)
                 ]
             weak = augment(ub, spec, generator) if ft.augment else ub
             views += [weak, augment(ub, strong, generator)] if ft.unlabeled == "fixmatch" else [weak]

@@ -164,6 +164,29 @@ def test_unlabeled_methods_change_the_fit_and_need_pictures(
     torch.testing.assert_close(semi.stats[0][0], stats[0][0])
 
 
+@pytest.mark.parametrize(("method", "views"), [("entropy", 1), ("fixmatch", 2)])
+def test_each_step_draws_unlabeled_batch_pictures_of_the_unlabeled_set(
+    tiny_cfg: Config, learner: Learner, novel, method: str, views: int
+) -> None:
+    tiny_cfg.finetune.steps, tiny_cfg.finetune.unlabeled = 3, method
+    unlabeled = load_data(tiny_cfg.data).unlabeled.images
+    seen: list[int] = []
+    forward = learner.forward
+
+    def counting(params, x, *args, **kwargs):
+        if torch.is_grad_enabled() and not kwargs and not args:
+            seen.append(len(x))  # a training step's forward: labeled + unlabeled views
+        return forward(params, x, *args, **kwargs)
+
+    learner.forward = counting  # type: ignore[method-assign]
+    n = len(novel.labels)
+    for batch, expected in [(0, len(unlabeled)), (2, 2), (len(unlabeled) + 5, len(unlabeled))]:
+        seen.clear()
+        tiny_cfg.finetune.unlabeled_batch = batch
+        fit(tiny_cfg, learner, novel.images, novel.labels, unlabeled)
+        assert seen == [n + views * expected] * 3, (batch, seen)
+
+
 def test_a_seed_ensemble_averages_members_fitted_with_successive_seeds(
     tiny_cfg: Config, learner: Learner, novel
 ) -> None:

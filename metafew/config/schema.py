@@ -289,6 +289,9 @@ class FinetuneConfig:
         "all", "tensors that adapt: all, or the classifier head only", choices=("all", "head")
     )
     batch_size: int = param(0, "labeled pictures per step (0: all of them)", ge=0)
+    unlabeled_batch: int = param(
+        512, "unlabeled pictures per step for entropy and fixmatch, drawn afresh each step (0: all)", ge=0
+    )
     holdout: float = param(
         0.0,
         "fraction of each class held out to pick the step count (early stopping), then refit on all "
