@@ -53,9 +53,9 @@ def evaluate_run(
     stop_requested: StopRequested = lambda: False,
     advance: Advance = silent,
 ) -> EvalResult:
-    """Accuracy on eval.episodes seeded test episodes of the novel classes -> <run>/eval/*.json.
-    `stop_requested()` is checked between phases and chunks of episodes: Interrupted, nothing
-    written."""
+    """Accuracy on eval.episodes seeded episodes of the novel classes (eval.split=meta_val: the
+    validation ones) -> <run>/eval/*.json. `stop_requested()` is checked between phases and
+    chunks of episodes: Interrupted, nothing written."""
     run = resolve_run(run)
     ensure_writable(run / "eval")
     cfg = run_config(run, overrides, ("eval", "finetune", "augment", "runtime"))
@@ -67,11 +67,11 @@ def evaluate_run(
                 "the algorithm itself); add eval.finetune=true or drop it"
             )
     which = checkpoint_name(checkpoint or cfg.eval.checkpoint)
-    novel = episode_classes(cfg, load_run_data(cfg, run, progress))
+    classes = episode_classes(cfg, load_run_data(cfg, run, progress))
     check_stop(stop_requested, "eval", "after loading the data")
     test = episode_setting(cfg)  # eval.ways / eval.shots where set
-    queries = queries_per_class(test, novel)
-    sampler = EpisodeSampler(novel, test.task.ways, test.task.shots, queries, cfg.eval.seed, cfg.eval.split)
+    queries = queries_per_class(test, classes)
+    sampler = EpisodeSampler(classes, test.task.ways, test.task.shots, queries, cfg.eval.seed, cfg.eval.split)
     learner, saved = meta_learner(run, cfg, which, test)
     check_stop(stop_requested, "eval", "after loading the checkpoint")
     started = time.perf_counter()
@@ -112,7 +112,7 @@ def evaluate_run(
         "meta_iteration": saved.iteration,
         "split": cfg.eval.split,
         "seed": cfg.eval.seed,
-        "novel": novel.fingerprint(),
+        "novel": classes.fingerprint(),
         "seconds": time.perf_counter() - started,
         "per_episode": accs.tolist(),
     }
