@@ -21,6 +21,13 @@ The recipe (`finetune.*`):
 5. With `members` > 1, steps 1-4 run once per member with seeds seed, seed+1, ... (each its own
    held-out part, batches and transforms), and M_finetune averages the members' probabilities:
    a seed ensemble, which lowers the variance that 75 labeled pictures leave in a single fit.
+6. `unlabeled: selftrain` (self-training with a fresh student, as in Xie et al., CVPR 2020, without
+   their noise schedule): steps 1-5 without the unlabeled pictures give the teacher; its most
+   confident `pseudo_keep` share of the unlabeled pictures, equally many per predicted class,
+   get its labels; each member then starts again from M_meta's adaptation on the labeled pictures
+   and takes `student_steps` steps on the cross-entropy of all labeled pictures plus λ times that
+   of `unlabeled_batch` pseudo-labeled ones (both augmented). With `rounds` > 1 the students are
+   the next round's teacher.
 """
 
 from __future__ import annotations
@@ -46,10 +53,10 @@ from metafew.stopping import abandonable
 
 StopRequested = Callable[[], bool]
 
-UNLABELED_WEIGHTS = {"entropy": 0.1, "fixmatch": 1.0}
+UNLABELED_WEIGHTS = {"entropy": 0.1, "fixmatch": 1.0, "selftrain": 1.0}
 """λ where finetune.unlabeled_weight is null: entropy's from 5-fold estimates on fashion-seed's
 labeled pictures (92.0% at 0.1 against 84.0% at 1; BENCHMARKS.md section 7), FixMatch's the
-paper's."""
+paper's; selftrain weighs a pseudo-labeled batch as much as the labeled one."""
 
 
 def unlabeled_weight(ft: FinetuneConfig) -> float:
@@ -91,6 +98,21 @@ def fixmatch_loss(weak: torch.Tensor, strong: torch.Tensor, threshold: float) ->
     confidence, pseudo = torch.softmax(weak.detach(), dim=-1).max(-1)
     mask = (confidence >= threshold).to(strong.dtype)
     return (F.cross_entropy(strong, pseudo, reduction="none") * mask).mean()
+
+
+def balanced_pseudo_labels(probs: torch.Tensor, keep: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class-balanced pseudo-labels from a teacher's probabilities [m, ways]: of the pictures
+    predicted as class c, the floor(keep·m/ways) most confident (all of them where fewer are
+    predicted c; ties by index). Returns (index [k] ascending, label [k]) of the kept pictures."""
+    confidence, predicted = probs.max(-1)
+    per_class = int(keep * len(probs) / probs.shape[-1])
+    kept = []
+    for c in range(probs.shape[-1]):
+        members = torch.nonzero(predicted == c).flatten()
+        order = torch.argsort(confidence[members], descending=True, stable=True)
+        kept.append(members[order[:per_class]])
+    index = torch.sort(torch.cat(kept)).values
+    return index, predicted[index]
 
 
 def soft_kmeans_head(
@@ -158,17 +180,21 @@ def _train(
     stop_requested: StopRequested,
     advance: Advance = silent,
     phase: str = "fine-tuning steps",
+    pseudo: torch.Tensor | None = None,
 ) -> Params:
     """`steps` optimizer steps from `start` on float pictures x [n, C, H, W] with labels y [n] and
-    (unless finetune.unlabeled is none) float unlabeled pictures [m, C, H, W]; `watch(step,
-    params)` after every finetune.eval_every steps; `advance(phase, step, steps)` after each.
-    Step s draws its batch and transforms from view_generator(finetune.seed, s), so two fits of
-    the same pictures are identical."""
+    (unless finetune.unlabeled is none) float unlabeled pictures [m, C, H, W], whose labels
+    `pseudo` [m] selftrain's student is given; `watch(step, params)` after every
+    finetune.eval_every steps; `advance(phase, step, steps)` after each. Step s draws its batch
+    and transforms from view_generator(finetune.seed, s), so two fits of the same pictures are
+    identical."""
     params = {
         k: v.clone().requires_grad_(ft.params == "all" or k.startswith("head.")) for k, v in start.items()
     }
     optimizer = _optimizer(ft, [p for p in params.values() if p.requires_grad])
-    use_unlabeled = unlabeled is not None and ft.unlabeled in ("entropy", "fixmatch")
+    use_unlabeled = unlabeled is not None and (
+        ft.unlabeled in ("entropy", "fixmatch") or (ft.unlabeled == "selftrain" and pseudo is not None)
+    )
     strong = spec.scaled(ft.strong)
     for step in range(1, steps + 1):
         if stop_requested():
@@ -181,11 +207,10 @@ def _train(
         views = [augment(xb, spec, generator) if ft.augment else xb]
         if use_unlabeled:
             assert unlabeled is not None
-            ub = unlabeled
+            ub, pb = unlabeled, pseudo
             if 0 < ft.unlabeled_batch < len(unlabeled):
-                ub = unlabeled[
-                    torch.randperm(len(unlabeled), generator=generator)[: ft.unlabeled_batch].to(x.device)
-                ]
+                upick = torch.randperm(len(unlabeled), generator=generator)[: ft.unlabeled_batch].to(x.device)
+                ub, pb = unlabeled[upick], None if pseudo is None else pseudo[upick]
             weak = augment(ub, spec, generator) if ft.augment else ub
             views += [weak, augment(ub, strong, generator)] if ft.unlabeled == "fixmatch" else [weak]
         logits = learner.forward(params, torch.cat(views))
@@ -195,6 +220,9 @@ def _train(
             loss = loss + unlabeled_weight(ft) * entropy(parts[1])
         elif ft.unlabeled == "fixmatch" and use_unlabeled:
             loss = loss + unlabeled_weight(ft) * fixmatch_loss(parts[1], parts[2], ft.threshold)
+        elif ft.unlabeled == "selftrain" and use_unlabeled:
+            assert pb is not None
+            loss = loss + unlabeled_weight(ft) * F.cross_entropy(parts[1], pb)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -383,19 +411,106 @@ def fit_members(
     advance: Advance = silent,
 ) -> list[Fitted]:
     """`fit` once per ensemble member (finetune.members, seeds finetune.seed + i): each draws its
-    own held-out part, batches and transforms. With several members, `advance` hears each one's
-    phases as "<phase> (member i of n)"."""
+    own held-out part, batches and transforms; with finetune.unlabeled = selftrain, the students
+    of `self_train` instead. With several members, `advance` hears each one's phases as
+    "<phase> (member i of n)"."""
+    if cfg.finetune.unlabeled == "selftrain" and unlabeled is not None:
+        return self_train(
+            cfg, learner, images, labels, unlabeled, stop_requested=stop_requested, advance=advance
+        )
     n = cfg.finetune.members
     fits = []
     for i in range(n):
-
-        def heard(phase: str, done: int, of: int, i: int = i) -> None:
-            advance(phase if n == 1 else f"{phase} (member {i + 1} of {n})", done, of)
-
         member = member_config(cfg, i)
         fits.append(
-            fit(member, learner, images, labels, unlabeled, stop_requested=stop_requested, advance=heard)
+            fit(
+                member,
+                learner,
+                images,
+                labels,
+                unlabeled,
+                stop_requested=stop_requested,
+                advance=_member_phases(advance, i, n),
+            )
         )
+    return fits
+
+
+def _member_phases(advance: Advance, member: int, members: int, suffix: str = "") -> Advance:
+    """`advance` hearing "<phase><suffix> (member i of n)" (without the member where n is 1)."""
+
+    def heard(phase: str, done: int, of: int) -> None:
+        where = "" if members == 1 else f" (member {member + 1} of {members})"
+        advance(f"{phase}{suffix}{where}", done, of)
+
+    return heard
+
+
+def _renamed(advance: Advance, phase: str) -> Advance:
+    """`advance` hearing every phase as `phase`."""
+
+    def heard(_: str, done: int, of: int) -> None:
+        advance(phase, done, of)
+
+    return heard
+
+
+def self_train(
+    cfg: Config,
+    learner: Learner,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    unlabeled: torch.Tensor,
+    *,
+    stop_requested: StopRequested = lambda: False,
+    advance: Advance = silent,
+) -> list[Fitted]:
+    """Step 6 of the module docstring: the last round's students (one Fitted per member, `steps`
+    the student's) from labeled images [n, C, H, W] with labels [n] and unlabeled pictures
+    [m, C, H, W] (uint8, or floats in [0, 1]). The teacher's pseudo-labels come from
+    `predict_proba` with its frozen statistics and finetune.tta views, so they do not depend on
+    how the pictures are batched."""
+    ft = cfg.finetune
+    teacher_cfg = replace(cfg, finetune=replace(ft, unlabeled="none"))
+    fits = fit_members(
+        teacher_cfg, learner, images, labels, None, stop_requested=stop_requested, advance=advance
+    )
+    with abandonable(stop_requested):
+        x, y = as_float(images).to(learner.device), labels.to(learner.device)
+        u = as_float(unlabeled).to(learner.device)
+        for r in range(ft.rounds):
+            round_name = "" if ft.rounds == 1 else f", round {r + 1} of {ft.rounds}"
+            teacher = fitted_model(cfg if r else teacher_cfg, learner, fits, x, u, [])
+            probs = predict_proba(
+                learner,
+                teacher,
+                u,
+                spec=augment_spec(cfg),
+                seed=ft.seed,
+                stop_requested=stop_requested,
+                advance=_renamed(advance, f"teacher's pseudo-labels{round_name}"),
+            )
+            index, pseudo = balanced_pseudo_labels(probs, ft.pseudo_keep)
+            fits = []
+            for i in range(ft.members):
+                member = member_config(cfg, i)
+                start = _start(member, learner, x, y, None)
+                params = _train(
+                    learner,
+                    member.finetune,
+                    augment_spec(member),
+                    start,
+                    x,
+                    y,
+                    u[index.to(u.device)],
+                    ft.student_steps,
+                    None,
+                    stop_requested,
+                    _member_phases(advance, i, ft.members, round_name),
+                    "student steps",
+                    pseudo.to(u.device),
+                )
+                fits.append(Fitted(params, ft.student_steps))
     return fits
 
 

@@ -15,6 +15,7 @@ from metafew.config import Config
 from metafew.data import load_data, to_float
 from metafew.errors import ConfigError
 from metafew.finetuning import (
+    balanced_pseudo_labels,
     entropy,
     finetune,
     fit,
@@ -147,11 +148,12 @@ def test_early_stopping_refits_for_the_step_of_the_lowest_held_out_loss(
         assert torch.equal(plain.params[k], fitted.params[k]), k
 
 
-@pytest.mark.parametrize("method", ["entropy", "fixmatch", "softkmeans"])
+@pytest.mark.parametrize("method", ["entropy", "fixmatch", "softkmeans", "selftrain"])
 def test_unlabeled_methods_change_the_fit_and_need_pictures(
     tiny_cfg: Config, learner: Learner, novel, method: str
 ) -> None:
     tiny_cfg.finetune.steps, tiny_cfg.finetune.holdout, tiny_cfg.finetune.threshold = 5, 0.0, 0.3
+    tiny_cfg.finetune.student_steps = 5
     unlabeled = load_data(tiny_cfg.data).unlabeled.images
     supervised, _ = finetune(tiny_cfg, learner, novel)
     tiny_cfg.finetune.unlabeled = method
@@ -185,6 +187,68 @@ def test_each_step_draws_unlabeled_batch_pictures_of_the_unlabeled_set(
         tiny_cfg.finetune.unlabeled_batch = batch
         fit(tiny_cfg, learner, novel.images, novel.labels, unlabeled)
         assert seen == [n + views * expected] * 3, (batch, seen)
+
+
+def test_pseudo_labels_are_the_most_confident_equally_many_per_predicted_class() -> None:
+    probs = torch.tensor(
+        [
+            [0.9, 0.1, 0.0],  # 0: class 0, sure
+            [0.6, 0.4, 0.0],  # 1: class 0, unsure
+            [0.1, 0.8, 0.1],  # 2: class 1
+            [0.0, 0.3, 0.7],  # 3: class 2, unsure
+            [0.7, 0.2, 0.1],  # 4: class 0
+            [0.0, 0.1, 0.9],  # 5: class 2, sure
+        ]
+    )
+    index, label = balanced_pseudo_labels(probs, 0.5)  # floor(0.5 * 6 / 3) = 1 per class
+    assert index.tolist() == [0, 2, 5] and label.tolist() == [0, 1, 2]
+    index, label = balanced_pseudo_labels(probs, 1.0)  # 2 per class; class 1 has only one
+    assert index.tolist() == [0, 2, 3, 4, 5] and label.tolist() == [0, 1, 2, 0, 2]
+    assert balanced_pseudo_labels(probs, 0.3)[0].numel() == 0  # floor(0.6) = 0
+
+
+def test_self_training_teaches_students_the_teachers_pseudo_labels(
+    tiny_cfg: Config, learner: Learner, novel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ft = tiny_cfg.finetune
+    ft.steps, ft.holdout, ft.members, ft.student_steps, ft.unlabeled_batch = 4, 0.0, 2, 3, 5
+    data = load_data(tiny_cfg.data)
+    unlabeled = torch.cat([data.unlabeled.images, data.novel.images])  # 12 + 18 pictures
+    teacher, _ = finetune(tiny_cfg, learner, novel)  # selftrain's teacher is the supervised model
+    expected = predict_proba(learner, teacher, unlabeled)
+
+    import metafew.finetuning as finetuning
+
+    heard: list[torch.Tensor] = []
+    choose = finetuning.balanced_pseudo_labels
+
+    def spy(probs: torch.Tensor, keep: float) -> tuple[torch.Tensor, torch.Tensor]:
+        heard.append(probs)
+        return choose(probs, keep)
+
+    monkeypatch.setattr(finetuning, "balanced_pseudo_labels", spy)
+    sizes: list[int] = []
+    forward = learner.forward
+
+    def counting(params, x, *args, **kwargs):
+        if torch.is_grad_enabled() and not kwargs and not args:
+            sizes.append(len(x))  # a training step's forward
+        return forward(params, x, *args, **kwargs)
+
+    learner.forward = counting  # type: ignore[method-assign]
+    ft.unlabeled, ft.pseudo_keep, ft.rounds = "selftrain", 0.5, 2
+    student, fits = finetune(tiny_cfg, learner, novel, unlabeled)
+    assert len(heard) == 2 and len(fits) == 2 and [f.steps for f in fits] == [3, 3]
+    torch.testing.assert_close(heard[0], expected)  # round 1: the supervised ensemble's probabilities
+    n = len(novel.labels)  # 2 teachers x 4 steps on the labeled pictures, 2 rounds x 2 students x 3
+    assert sizes == [n] * 8 + [n + 5] * 12, sizes  # steps on them + 5 of the 15 pseudo-labeled ones
+    probs = predict_proba(learner, student, unlabeled)
+    assert not torch.allclose(heard[1], heard[0])  # round 2's teacher: round 1's students
+    chunked = predict_proba(learner, student, unlabeled, batch_size=7)
+    torch.testing.assert_close(chunked, probs, rtol=1e-5, atol=1e-6)  # fixed: batches do not matter
+    again, _ = finetune(tiny_cfg, learner, novel, unlabeled)
+    for k in student.params:
+        assert torch.equal(again.params[k], student.params[k]), k
 
 
 def test_a_seed_ensemble_averages_members_fitted_with_successive_seeds(

@@ -89,7 +89,7 @@ def select(
         list[str] | None,
         typer.Option(
             help='a recipe to compare, as overrides: "finetune.unlabeled=entropy finetune.lr=1e-3" '
-            "(repeat; default: 6 recipes, see metafew.stages.select)"
+            "(repeat; default: 7 recipes, see metafew.stages.select)"
         ),
     ] = None,
     folds: Annotated[int, typer.Option(help="k of the k-fold cross-validation")] = 5,

@@ -290,7 +290,10 @@ class FinetuneConfig:
     )
     batch_size: int = param(0, "labeled pictures per step (0: all of them)", ge=0)
     unlabeled_batch: int = param(
-        512, "unlabeled pictures per step for entropy and fixmatch, drawn afresh each step (0: all)", ge=0
+        512,
+        "unlabeled pictures per step for entropy, fixmatch and selftrain's student, drawn afresh each "
+        "step (0: all)",
+        ge=0,
     )
     holdout: float = param(
         0.0,
@@ -305,17 +308,29 @@ class FinetuneConfig:
         "none",
         "use the unlabeled pictures: entropy (transductive fine-tuning, Dhillon et al. 2020), "
         "fixmatch (confident pseudo-labels, Sohn et al. 2020), softkmeans (prototypes refined on "
-        "them, Ren et al. 2018; linear head), none",
-        choices=("none", "entropy", "fixmatch", "softkmeans"),
+        "them, Ren et al. 2018; linear head), selftrain (a student fitted on the labeled pictures "
+        "and the teacher's class-balanced pseudo-labels), none",
+        choices=("none", "entropy", "fixmatch", "softkmeans", "selftrain"),
     )
     unlabeled_weight: float | None = param(
-        None, "λ, weight of the unlabeled-picture loss (null: 0.1 for entropy, 1 for fixmatch)", ge=0
+        None,
+        "λ, weight of the unlabeled-picture loss (null: 0.1 for entropy, 1 for fixmatch and selftrain)",
+        ge=0,
     )
     kmeans_steps: int = param(
         1, "softkmeans: refinement steps, each from the last step's prototypes (Ren et al. use 1)", ge=1
     )
     threshold: float = param(0.9, "τ, FixMatch keeps pseudo-labels with confidence ≥ τ", gt=0, le=1)
     strong: float = param(2.0, "FixMatch's strong view: augment.* magnitudes × this", gt=0)
+    pseudo_keep: float = param(
+        0.5,
+        "selftrain: share of the unlabeled pictures pseudo-labeled each round, the teacher's most "
+        "confident ones, equally many per predicted class",
+        gt=0,
+        le=1,
+    )
+    student_steps: int = param(300, "selftrain: optimizer steps of each student", ge=1)
+    rounds: int = param(1, "selftrain: teacher -> student rounds, each student the next teacher", ge=1)
     tta: int = param(1, "views averaged at predict time (test-time augmentation; 1: none)", ge=1, le=64)
     members: int = param(
         5,

@@ -47,10 +47,11 @@ DEFAULT_CANDIDATES = (
     "finetune.tta=8",
     "finetune.unlabeled=entropy",
     "finetune.unlabeled=fixmatch",
+    "finetune.unlabeled=selftrain",
 )
 """Recipes compared when none are given: the algorithm's own adaptation only, supervised
-fine-tuning, + augmentation (the defaults), + test-time views, + entropy, + FixMatch. Those that
-need unlabeled pictures are dropped when there are none."""
+fine-tuning, + augmentation (the defaults), + test-time views, + entropy, + FixMatch,
++ self-training. Those that need unlabeled pictures are dropped when there are none."""
 
 
 @dataclass(frozen=True)
