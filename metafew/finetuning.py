@@ -491,6 +491,7 @@ def self_train(
                 advance=_renamed(advance, f"teacher's pseudo-labels{round_name}"),
             )
             index, pseudo = balanced_pseudo_labels(probs, ft.pseudo_keep)
+            taught = u[index.to(u.device)] if len(index) else None  # none kept: a supervised student
             fits = []
             for i in range(ft.members):
                 member = member_config(cfg, i)
@@ -502,7 +503,7 @@ def self_train(
                     start,
                     x,
                     y,
-                    u[index.to(u.device)],
+                    taught,
                     ft.student_steps,
                     None,
                     stop_requested,

@@ -251,6 +251,20 @@ def test_self_training_teaches_students_the_teachers_pseudo_labels(
         assert torch.equal(again.params[k], student.params[k]), k
 
 
+def test_a_student_without_pseudo_labels_is_a_supervised_fit_of_its_steps(
+    tiny_cfg: Config, learner: Learner, novel
+) -> None:
+    ft = tiny_cfg.finetune
+    ft.steps, ft.holdout, ft.members, ft.student_steps = 2, 0.0, 1, 3
+    ft.unlabeled, ft.pseudo_keep = "selftrain", 0.01  # floor(0.01 * 4 / 3) = 0 pictures a class
+    unlabeled = load_data(tiny_cfg.data).unlabeled.images[:4]
+    _, fits = finetune(tiny_cfg, learner, novel, unlabeled)
+    ft.unlabeled, ft.steps = "none", 3
+    plain = fit(tiny_cfg, learner, novel.images, novel.labels)
+    for k in plain.params:
+        assert torch.equal(fits[0].params[k], plain.params[k]), k  # finite: no mean over nothing
+
+
 def test_a_seed_ensemble_averages_members_fitted_with_successive_seeds(
     tiny_cfg: Config, learner: Learner, novel
 ) -> None:
